@@ -1,0 +1,25 @@
+"""The durable outbox: every reading is committed here before anything else happens to it.
+
+Contract (see design.md "Durability"):
+
+* ``append`` returns only after the transaction holding the records has committed with the
+  configured ``synchronous`` level. Concurrent appends share one transaction (group commit).
+  Appending an ``event_id`` that is already queued replaces nothing and is not an error: the
+  first copy stays (a redelivered MQTT message is idempotent).
+* ``lease`` hands out queued rows that are not leased and whose retry time has come, oldest first,
+  up to ``max_records`` and ``max_bytes`` of payload. ``older_than_ms`` restricts to rows enqueued
+  before that wall time (the bulk lane takes the old part of a backlog). A leased row is invisible
+  to other leases until ``ack`` (deleted: Data Cloud accepted it), ``nack`` (back in the queue,
+  not before ``retry_at_ms``) or ``reject`` (moved to the dead-letter table with the reason).
+  Leases left behind by a crash are released when the outbox is opened.
+* ``lease_bulk`` marks a large range without loading it; ``iter_lease`` streams its payloads in
+  chunks, so a backfill of millions of rows never sits in memory.
+* The bulk journal (``save_job`` / ``jobs`` / ``delete_job``) lives in the same file so a restart
+  at any point of a bulk job knows what was done remotely.
+* One writer thread owns the connection; the event loop is never blocked. A disk I/O error or a
+  full disk while committing raises ``OutboxFatalError``: the process must exit non-zero.
+"""
+
+from agent.outbox.types import BulkJobRecord, Lease, LeasedRow, OutboxStats
+
+__all__ = ["BulkJobRecord", "Lease", "LeasedRow", "OutboxStats"]

@@ -1,0 +1,306 @@
+"""SunSpec register decoding: pure functions, driven by pysunspec2's official model JSON.
+
+Only the discovery rules (the ``SunS`` marker, the ``ID, L`` header, the end model ``0xFFFF``) are
+written here; every offset, type, scale-factor link and enum symbol comes from
+``sunspec2/models/json/model_<id>.json``, loaded as data. No I/O: the Modbus poller reads the
+registers, this module turns them into values.
+
+Conventions:
+* A model block is the list of 16-bit registers as read from the device **starting at its ID
+  register** (``ID, L, body...``), exactly ``L + 2`` long.
+* Every "not implemented" sentinel (``0x8000``, ``0xFFFF``, accumulator ``0``, ``0xFFFFFFFF``,
+  ``0x80000000``, NaN, empty string, a sentinel scale factor) decodes to ``None``, never a number.
+* Scaled values are exact: ``1452 * 10**-2`` is ``14.52`` (computed with ``Decimal``), and float32
+  values are shown with the shortest decimal that round-trips to the same float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from importlib import resources
+from typing import Final, TypeAlias
+
+from agent.errors import DeviceProtocolError
+
+__all__ = [
+    "BASE_CANDIDATES", "END_MODEL_ID", "SUNS_MARKER", "SUPPORTED_MODELS", "GroupDef", "ModelDef",
+    "PointDef", "decode_model", "device_id", "enum_symbol", "is_marker", "model_def", "string_metrics",
+    "to_metrics",
+]
+
+SUNS_MARKER: Final = (0x5375, 0x6E53)          # b"SunS"
+BASE_CANDIDATES: Final = (40000, 0, 50000)     # pysunspec2's probe order (0-based PDU addresses)
+END_MODEL_ID: Final = 0xFFFF
+MAX_REGISTERS_PER_READ: Final = 125            # FC3 limit
+SUPPORTED_MODELS: Final = frozenset({1, 101, 102, 103, 111, 112, 113, 160, 701, 714})
+INVERTER_MODELS: Final = (103, 102, 101, 113, 112, 111)
+
+Scalar: TypeAlias = float | int | str | None
+GroupValues: TypeAlias = dict[str, "Scalar | list[GroupValues]"]
+
+_SIZES: Final = {
+    "int16": 1, "uint16": 1, "count": 1, "acc16": 1, "enum16": 1, "bitfield16": 1, "sunssf": 1, "pad": 1,
+    "int32": 2, "uint32": 2, "acc32": 2, "enum32": 2, "bitfield32": 2, "float32": 2, "ipaddr": 2,
+    "int64": 4, "uint64": 4, "acc64": 4, "float64": 4, "eui48": 4, "ipv6addr": 8,
+}
+_SIGNED: Final = frozenset({"int16", "sunssf", "int32", "int64"})
+# Raw (unsigned register-image) sentinel per integer type, from sunspec2/mb.py.
+_SENTINEL: Final = {
+    "int16": 0x8000, "sunssf": 0x8000, "uint16": 0xFFFF, "count": 0xFFFF, "enum16": 0xFFFF,
+    "bitfield16": 0xFFFF, "acc16": 0, "int32": 0x80000000, "uint32": 0xFFFFFFFF, "enum32": 0xFFFFFFFF,
+    "bitfield32": 0xFFFFFFFF, "acc32": 0, "ipaddr": 0, "int64": 0x8000000000000000,
+    "uint64": 0xFFFFFFFFFFFFFFFF, "acc64": 0,
+}
+_DEVICE_ID_BAD: Final = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class PointDef:
+    """One point of a group: offset in registers from the group start, type and links."""
+
+    name: str
+    type: str
+    offset: int
+    size: int
+    sf: str | int | None = None
+    symbols: Mapping[int, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDef:
+    """A fixed group (count None) or a repeating group (count: a point name, or 0 = fill the model)."""
+
+    name: str
+    points: tuple[PointDef, ...]
+    groups: tuple[GroupDef, ...]
+    count: str | int | None
+    length: int                 # registers of one instance, nested fixed parts included
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDef:
+    id: int
+    name: str
+    group: GroupDef
+
+
+def _parse_group(doc: Mapping[str, object]) -> GroupDef:
+    points: list[PointDef] = []
+    offset = 0
+    for p in doc.get("points", ()):  # type: ignore[union-attr]
+        ptype = str(p["type"])
+        size = int(p.get("size", _SIZES.get(ptype, 1)))
+        syms = p.get("symbols")
+        symbols = {int(s["value"]): str(s["name"]) for s in syms} if syms else None
+        sf = p.get("sf")
+        points.append(PointDef(str(p["name"]), ptype, offset, size, sf, symbols))
+        offset += size
+    groups = tuple(_parse_group(g) for g in doc.get("groups", ()))  # type: ignore[union-attr]
+    count = doc.get("count")
+    return GroupDef(str(doc["name"]), tuple(points), groups,
+                    count if isinstance(count, (str, int)) else None, offset)
+
+
+@lru_cache(maxsize=None)
+def model_def(model_id: int) -> ModelDef:
+    """The official definition of a model, read from pysunspec2's package data."""
+    path = resources.files("sunspec2") / "models" / "json" / f"model_{model_id}.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DeviceProtocolError(f"unknown SunSpec model {model_id}",
+                                  hint="the device reports a model pysunspec2 does not define") from exc
+    return ModelDef(int(doc["id"]), str(doc["group"]["name"]), _parse_group(doc["group"]))
+
+
+def is_marker(registers: Sequence[int]) -> bool:
+    """True when the two registers spell ``SunS``."""
+    return tuple(registers[:2]) == SUNS_MARKER
+
+
+def _float32_shortest(raw: int) -> float | None:
+    packed = raw.to_bytes(4, "big")
+    value: float = struct.unpack(">f", packed)[0]
+    if not math.isfinite(value):
+        return None
+    # Shortest decimal that maps back to the same float32: 230.9, not 230.89999389648438.
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack(">f", candidate) == packed:
+            return candidate
+    return value
+
+
+def _raw(regs: Sequence[int], point: PointDef, base: int) -> Scalar:
+    """The raw value of a point (before scaling); None for a sentinel or a short block."""
+    start = base + point.offset
+    words = regs[start:start + point.size]
+    if len(words) < point.size:
+        return None
+    ptype = point.type
+    if ptype == "string":
+        data = b"".join((w & 0xFFFF).to_bytes(2, "big") for w in words)
+        text = data.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
+        return text or None
+    if ptype == "pad":
+        return None
+    value = 0
+    for w in words:
+        value = (value << 16) | (w & 0xFFFF)
+    if ptype == "float32":
+        return _float32_shortest(value)
+    if ptype == "float64":
+        f: float = struct.unpack(">d", value.to_bytes(8, "big"))[0]
+        return f if math.isfinite(f) else None
+    if ptype in ("eui48", "ipv6addr"):
+        return None if value == 0 else value.to_bytes(2 * point.size, "big").hex()
+    if _SENTINEL.get(ptype) == value:
+        return None
+    if ptype in _SIGNED:
+        bits = 16 * point.size
+        if value >= 1 << (bits - 1):
+            value -= 1 << bits
+    return value
+
+
+def _scale(raw: int, sf: int) -> float | int:
+    if sf >= 0:
+        return raw * 10**sf
+    return float(Decimal(raw).scaleb(sf))
+
+
+def _decode_group(group: GroupDef, regs: Sequence[int], base: int, end: int,
+                  parents: Sequence[Mapping[str, Scalar]]) -> GroupValues:
+    raws: dict[str, Scalar] = {p.name: _raw(regs, p, base) for p in group.points if p.type != "pad"}
+    scopes = (raws, *parents)
+    out: GroupValues = {}
+    for p in group.points:
+        if p.type == "pad":
+            continue
+        value = raws[p.name]
+        if p.sf is not None and isinstance(value, int) and p.type != "sunssf":
+            sf: Scalar
+            if isinstance(p.sf, int):
+                sf = p.sf
+            else:
+                sf = next((s[p.sf] for s in scopes if p.sf in s), None)
+            value = _scale(value, sf) if isinstance(sf, int) and -10 <= sf <= 10 else None
+        out[p.name] = value
+    offset = base + group.length
+    for sub in group.groups:
+        n = _repeat_count(sub, raws, end - offset)
+        items: list[GroupValues] = []
+        for _ in range(n):
+            items.append(_decode_group(sub, regs, offset, end, scopes))
+            offset += sub.length
+        out[sub.name] = items
+    return out
+
+
+def _repeat_count(sub: GroupDef, raws: Mapping[str, Scalar], room: int) -> int:
+    fits = max(0, room) // sub.length if sub.length else 0
+    if sub.count is None:
+        return min(1, fits)
+    if isinstance(sub.count, str):
+        declared = raws.get(sub.count)
+        # Never trust a count past what the block holds: a bad count must not read other models.
+        return min(declared, fits) if isinstance(declared, int) and declared >= 0 else 0
+    return fits if sub.count == 0 else min(sub.count, fits)
+
+
+def decode_model(model_id: int, registers: Sequence[int]) -> GroupValues:
+    """Decode one model block (``ID, L, body``) into ``{point: value}``.
+
+    Repeating groups (160 ``module``, 714 ``Prt``) become lists of dicts under the group name.
+    Raises ``DeviceProtocolError`` if the block's ID is not ``model_id`` or it is shorter than its L.
+    """
+    if len(registers) < 2 or registers[0] != model_id:
+        got = registers[0] if registers else None
+        raise DeviceProtocolError(f"model block does not start with ID {model_id} (got {got})",
+                                  hint="the model chain moved; rediscover the device")
+    length = registers[1] + 2
+    if len(registers) < length:
+        raise DeviceProtocolError(f"model {model_id} block has {len(registers)} registers, L says {length}")
+    mdef = model_def(model_id)
+    values = _decode_group(mdef.group, registers, 0, length, ())
+    values.pop("ID", None)
+    values.pop("L", None)
+    return values
+
+
+def enum_symbol(model_id: int, point: str, value: Scalar) -> str | None:
+    """The symbol name of an enum value (``4`` -> ``"MPPT"`` for 103.St); None if unknown."""
+    if not isinstance(value, int):
+        return None
+    for p in model_def(model_id).group.points:
+        if p.name == point and p.symbols:
+            return p.symbols.get(value, str(value))
+    return None
+
+
+def device_id(common: Mapping[str, object], fallback: str = "") -> str:
+    """``<Mn>-<SN>`` from model 1, reduced to ``[A-Za-z0-9_.-]``; ``fallback`` when both are missing."""
+    parts = [str(common[k]) for k in ("Mn", "SN") if isinstance(common.get(k), str) and common[k]]
+    text = _DEVICE_ID_BAD.sub("_", "-".join(parts)).strip("_-.")
+    return text or fallback
+
+
+def _num(value: object) -> float | int | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def to_metrics(models: Mapping[int, Mapping[str, object]]) -> dict[str, Scalar]:
+    """Map decoded models to ``solar_panel_event`` fields (every field present, None if unknown).
+
+    The first inverter model present wins (103, 102, 101, 113, 112, 111); 701/714 fill in when
+    no 10x/11x model is there. 701's ``Alrm`` is not ``Evt1`` (other bit meanings): event_flags stays None.
+    """
+    m: dict[str, Scalar] = dict.fromkeys((
+        "ac_power_w", "ac_energy_wh", "ac_voltage_v", "ac_current_a", "ac_frequency_hz",
+        "ac_apparent_power_va", "ac_reactive_power_var", "power_factor_pct", "dc_power_w",
+        "dc_voltage_v", "dc_current_a", "temperature_c", "operating_state", "event_flags"))
+    inv_id = next((mid for mid in INVERTER_MODELS if mid in models), None)
+    if inv_id is not None:
+        inv = models[inv_id]
+        for field, point in (("ac_power_w", "W"), ("ac_energy_wh", "WH"), ("ac_voltage_v", "PhVphA"),
+                             ("ac_current_a", "A"), ("ac_frequency_hz", "Hz"), ("ac_apparent_power_va", "VA"),
+                             ("ac_reactive_power_var", "VAr"), ("power_factor_pct", "PF"),
+                             ("dc_power_w", "DCW"), ("dc_voltage_v", "DCV"), ("dc_current_a", "DCA"),
+                             ("temperature_c", "TmpCab"), ("event_flags", "Evt1")):
+            m[field] = _num(inv.get(point))
+        m["operating_state"] = enum_symbol(inv_id, "St", inv.get("St"))  # type: ignore[arg-type]
+    elif 701 in models:
+        ac = models[701]
+        for field, point in (("ac_power_w", "W"), ("ac_energy_wh", "TotWhInj"), ("ac_current_a", "A"),
+                             ("ac_frequency_hz", "Hz"), ("ac_apparent_power_va", "VA"),
+                             ("ac_reactive_power_var", "Var"), ("power_factor_pct", "PF"),
+                             ("temperature_c", "TmpCab")):
+            m[field] = _num(ac.get(point))
+        m["ac_voltage_v"] = _num(ac.get("LNV")) if ac.get("LNV") is not None else _num(ac.get("VL1"))
+        m["operating_state"] = enum_symbol(701, "St", ac.get("St"))  # type: ignore[arg-type]
+    if m["dc_power_w"] is None and m["dc_current_a"] is None and 714 in models:
+        dc = models[714]
+        m["dc_power_w"] = _num(dc.get("DCW"))
+        m["dc_current_a"] = _num(dc.get("DCA"))
+        ports = dc.get("Prt")
+        if isinstance(ports, list) and len(ports) == 1:
+            m["dc_voltage_v"] = _num(ports[0].get("DCV"))
+    return m
+
+
+def string_metrics(models: Mapping[int, Mapping[str, object]]) -> list[tuple[int, dict[str, Scalar]]]:
+    """Per-string DC metrics ``[(n, {dc_*})]`` (n from 1) from model 160 modules or 714 ports."""
+    for mid, group in ((160, "module"), (714, "Prt")):
+        items = models.get(mid, {}).get(group)
+        if isinstance(items, list) and items:
+            return [(n, {"dc_current_a": _num(it.get("DCA")), "dc_voltage_v": _num(it.get("DCV")),
+                         "dc_power_w": _num(it.get("DCW"))})
+                    for n, it in enumerate(items, start=1)]
+    return []

@@ -8,7 +8,8 @@ boundary of the module that talks to them (``raise X from exc``), so callers cat
     ├── SchemaError                 the OpenAPI schema file breaks the Data Cloud rules
     ├── RecordError                 a reading cannot become a valid record (counted, never sent)
     ├── OutboxError                 the local store
-    │   └── OutboxFatalError        disk full / I/O error while committing: exit non-zero, let systemd restart
+    │   ├── OutboxFatalError        disk full / I/O error while committing: exit non-zero, let systemd restart
+    │   └── OutboxFullError         byte cap or free-space floor hit under the reject_new policy (nothing stored)
     ├── SourceError                 a device or broker misbehaved (counted per device, never stops the others)
     │   ├── DeviceTimeout
     │   ├── DeviceProtocolError     CRC error, Modbus exception, not SunSpec, malformed payload
@@ -126,3 +127,7 @@ class RetryableError(DataCloudError):
 
 class JobError(DataCloudError):
     """A bulk job failed or refused a state change."""
+
+
+class OutboxFullError(OutboxError):
+    """The outbox is at its byte cap or free-space floor and the policy refuses new records."""

@@ -11,15 +11,25 @@ Contract (see design.md "Durability"):
   before that wall time (the bulk lane takes the old part of a backlog). A leased row is invisible
   to other leases until ``ack`` (deleted: Data Cloud accepted it), ``nack`` (back in the queue,
   not before ``retry_at_ms``) or ``reject`` (moved to the dead-letter table with the reason).
-  Leases left behind by a crash are released when the outbox is opened.
+  Leases left behind by a crash are released when the outbox is opened, except the rows of a
+  bulk job journalled in a non-terminal state (the bulk lane resumes that job and acks or nacks
+  them). Leases are soft state: a power cut may forget one, which only returns its rows early.
 * ``lease_bulk`` marks a large range without loading it; ``iter_lease`` streams its payloads in
   chunks, so a backfill of millions of rows never sits in memory.
 * The bulk journal (``save_job`` / ``jobs`` / ``delete_job``) lives in the same file so a restart
   at any point of a bulk job knows what was done remotely.
+* Caps: ``max_bytes`` of queued payload and ``min_free_bytes`` free on the file system. When an
+  append would pass either, ``drop_oldest`` deletes the oldest rows that are not leased (counted in
+  ``dropped_total``, logged) and ``reject_new`` raises ``OutboxFullError``; nothing is silent.
+* A damaged file (``PRAGMA quick_check``) is moved aside as ``<name>.corrupt-<UTC stamp>`` with its
+  WAL, a fresh outbox is created, the readable rows are copied in, and the error is logged.
 * One writer thread owns the connection; the event loop is never blocked. A disk I/O error or a
   full disk while committing raises ``OutboxFatalError``: the process must exit non-zero.
 """
 
-from agent.outbox.types import BulkJobRecord, Lease, LeasedRow, OutboxStats
+from agent.outbox.store import Outbox, read_stats
+from agent.outbox.types import AppendResult, BulkJobRecord, DeadLetter, Lease, LeasedRow, OutboxStats
 
-__all__ = ["BulkJobRecord", "Lease", "LeasedRow", "OutboxStats"]
+__all__ = [
+    "AppendResult", "BulkJobRecord", "DeadLetter", "Lease", "LeasedRow", "Outbox", "OutboxStats", "read_stats",
+]

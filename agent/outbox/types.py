@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Bulk job states after which the remote side will never touch the job's rows again.
+TERMINAL_JOB_STATES = frozenset({"JobComplete", "Failed", "Aborted"})
+
 
 @dataclass(frozen=True, slots=True)
 class LeasedRow:
@@ -12,6 +15,8 @@ class LeasedRow:
     payload: bytes           # compact UTF-8 JSON of the record
     enqueued_ms: int
     attempts: int = 0
+    lease_id: int | None = None   # filled by peek(); a lease's own rows carry their lease id
+    retry_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +47,22 @@ class BulkJobRecord:
     state: str                # local view: creating | Open | uploading | UploadComplete | InProgress | JobComplete | Failed | Aborted
     files_uploaded: int = 0
     updated_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What one ``append`` did: rows stored, rows already queued (kept the first), old rows dropped to fit."""
+
+    appended: int
+    duplicates: int
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record Data Cloud refused, with the server's reason; ``requeue_dead_letters`` sends it again."""
+
+    event_id: str
+    payload: bytes
+    reason: str
+    rejected_ms: int

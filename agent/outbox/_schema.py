@@ -1,0 +1,90 @@
+"""Numbered schema migrations, each in its own transaction, recorded in ``schema_migrations``.
+
+Append new migrations at the end; never edit one that has shipped. Statements run one by one with
+``execute`` (``executescript`` would COMMIT first and break the per-migration transaction).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Final
+
+MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
+    (1, "events, dead letters, bulk jobs, meta", (
+        # payload last: the small columns stay on the b-tree page even if a payload overflows.
+        # AUTOINCREMENT: seq never goes back after deletes, so "oldest first" is strict FIFO.
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            bytes INTEGER NOT NULL,
+            enqueued_ms INTEGER NOT NULL,
+            time_ms INTEGER NOT NULL,
+            lease_id INTEGER,
+            retry_at_ms INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            payload BLOB NOT NULL
+        )""",
+        # One index serves "not leased, oldest first" (lease_id IS NULL) and "rows of lease N".
+        "CREATE INDEX events_lease ON events(lease_id, seq)",
+        """CREATE TABLE dead_letters (
+            event_id TEXT PRIMARY KEY,
+            payload BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            rejected_ms INTEGER NOT NULL,
+            time_ms INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE bulk_jobs (
+            lease_id INTEGER PRIMARY KEY,
+            job_id TEXT,
+            state TEXT NOT NULL,
+            files_uploaded INTEGER NOT NULL DEFAULT 0,
+            updated_ms INTEGER NOT NULL DEFAULT 0
+        )""",
+        # Running totals, updated in the same transactions as the rows, so stats() never scans.
+        """CREATE TABLE meta (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            rows INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            leased INTEGER NOT NULL,
+            dead_letters INTEGER NOT NULL,
+            dropped_total INTEGER NOT NULL,
+            next_lease_id INTEGER NOT NULL
+        )""",
+        "INSERT INTO meta VALUES (1, 0, 0, 0, 0, 0, 1)",
+    )),
+)
+
+LATEST: Final = MIGRATIONS[-1][0]
+
+
+def applied(conn: sqlite3.Connection) -> set[int]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)"
+    )
+    return {r[0] for r in conn.execute("SELECT id FROM schema_migrations")}
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply the missing migrations in order; returns the ids applied now."""
+    done = applied(conn)
+    ran: list[int] = []
+    for mid, name, statements in MIGRATIONS:
+        if mid in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in statements:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO schema_migrations (id, name, applied_ms) VALUES (?, ?, ?)",
+                (mid, name, int(time.time() * 1000)),
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        ran.append(mid)
+    return ran

@@ -1,0 +1,772 @@
+"""The SQLite outbox: one writer thread, group commit, leases, dead letters, the bulk journal.
+
+Contract (the package docstring has the whole of it):
+
+* Every method that writes runs in an explicit ``BEGIN IMMEDIATE`` transaction on the writer
+  thread. ``append``, ``ack``, ``reject``, ``requeue_dead_letters`` and ``save_job`` return after
+  a COMMIT made with the configured ``synchronous`` level (FULL by default).
+* Leases are soft state: ``lease``, ``lease_bulk`` and ``nack`` commit with ``synchronous=NORMAL``.
+  In WAL mode that keeps the file consistent; a power cut may only forget the lease (the rows go
+  back to the queue, which ``open`` does for every crash leftover anyway), and the next durable
+  commit syncs the WAL up to and including it. This saves one fsync per delivered batch.
+* ``open`` releases every lease left by a crash, except the rows of a bulk job recorded in
+  ``bulk_jobs`` in a non-terminal state: the bulk lane resumes that job and acks or nacks them.
+* Running totals live in the one-row ``meta`` table, updated in the same transactions, so
+  ``stats`` costs two index look-ups whatever the backlog.
+* Only one ``Outbox`` may have a file open (an ``flock`` on ``<path>.lock``): a second writer would
+  release the first one's leases. ``read_stats`` takes no lock and writes nothing.
+* ``sqlite3`` errors are translated here: disk full, I/O and other storage errors become
+  ``OutboxFatalError`` (and every later call raises it too); the process must exit non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import quote
+
+from agent.config import OutboxConfig
+from agent.errors import OutboxError, OutboxFatalError, OutboxFullError
+from agent.outbox import _schema
+from agent.outbox._salvage import Salvage, move_aside
+from agent.outbox._writer import WriterThread
+from agent.outbox.types import (
+    TERMINAL_JOB_STATES,
+    AppendResult,
+    BulkJobRecord,
+    DeadLetter,
+    Lease,
+    LeasedRow,
+    OutboxStats,
+)
+from agent.records import EncodedRecord
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS: Final = 5000
+_IN_CHUNK: Final = 500          # ids per IN (...) list, well under SQLite's variable limit
+_DROP_LOG_INTERVAL_MS: Final = 60_000
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+_SQLITE_FULL: Final = 13
+_SQLITE_IOERR: Final = 10
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _chunks(items: Sequence[T], n: int = _IN_CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+@dataclasses.dataclass(slots=True)
+class _Totals:
+    rows: int
+    bytes: int
+    leased: int
+    dead_letters: int
+    dropped_total: int
+    next_lease_id: int
+
+
+class _Corrupt(Exception):
+    """quick_check or the file header says the database is damaged."""
+
+
+class Outbox:
+    """The durable queue between the sources and Data Cloud (see the module docstring).
+
+    Args:
+        config: path, synchronous level, byte cap, free-space floor and full policy.
+        now_ms: wall clock in epoch milliseconds; tests inject their own.
+    """
+
+    def __init__(self, config: OutboxConfig, *, now_ms: Callable[[], int] = _wall_ms) -> None:
+        self._config = config
+        self._path = Path(config.path)
+        self._now_ms = now_ms
+        self._sync_full = config.synchronous == "full"
+        self._writer: WriterThread | None = None
+        self._conn: sqlite3.Connection | None = None     # touched on the writer thread only
+        self._lock_fd: int | None = None
+        self._t = _Totals(0, 0, 0, 0, 0, 1)
+        self._fatal: OutboxFatalError | None = None
+        self._drops_unlogged = 0
+        self._drop_logged_ms: int | None = None
+        self.commits = 0              # every COMMIT (exposed for tests and metrics)
+        self.append_commits = 0       # COMMITs of append groups: fewer than append calls under load
+        self.corrupt_moved_to: Path | None = None   # set by open() when it moved a damaged file aside
+        self.salvaged_rows = 0
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or migrate the file, check it, salvage it if damaged, release crash leftovers."""
+        if self._writer is not None:
+            raise OutboxError(f"outbox {self._path} is already open")
+        writer = WriterThread(f"outbox-writer[{self._path.name}]", self._t_append_group)
+        writer.start()
+        self._writer = writer
+        try:
+            await writer.call(functools.partial(self._guarded, self._t_open))
+        except BaseException:
+            await self._shutdown(writer)
+            raise
+
+    async def close(self) -> None:
+        """Finish queued operations, close the connection, stop the thread. Idempotent."""
+        writer = self._writer
+        if writer is not None:
+            await self._shutdown(writer)
+
+    async def _shutdown(self, writer: WriterThread) -> None:
+        fut = writer.call(self._t_close)
+        writer.stop()
+        try:
+            await fut
+        finally:
+            await asyncio.to_thread(writer.join)
+            self._writer = None
+
+    async def __aenter__(self) -> Outbox:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---- queue operations --------------------------------------------------------------------
+
+    async def append(self, records: Sequence[EncodedRecord]) -> AppendResult:
+        """Store records durably; returns after the COMMIT that holds them.
+
+        Raises:
+            OutboxFullError: the cap or the floor is hit and ``when_full`` is ``reject_new``, or
+                ``drop_oldest`` cannot free enough (everything left is leased). Nothing is stored.
+            OutboxFatalError: the commit failed (disk full, I/O error).
+        """
+        if not records:
+            return AppendResult(0, 0, 0)
+        writer = self._require_open()
+        result: AppendResult = await writer.call_grouped(list(records))
+        return result
+
+    async def lease(self, max_records: int, max_bytes: int, older_than_ms: int | None = None) -> Lease | None:
+        """Lease ready rows, oldest first, up to ``max_records`` and ``max_bytes`` of payload.
+
+        At least one row is leased when any is ready, even if it alone is bigger than ``max_bytes``.
+        ``older_than_ms`` keeps to rows enqueued before that wall time. None when nothing is ready.
+        """
+        return await self._call(self._t_lease, max_records, max_bytes, older_than_ms)  # type: ignore[no-any-return]
+
+    async def lease_bulk(
+        self, max_records: int, max_bytes: int | None = None, older_than_ms: int | None = None
+    ) -> Lease | None:
+        """Like ``lease`` but only marks the rows (``rows == ()``); read them with ``iter_lease``."""
+        return await self._call(self._t_lease_bulk, max_records, max_bytes, older_than_ms)  # type: ignore[no-any-return]
+
+    async def iter_lease(self, lease: Lease, chunk_rows: int = 5000) -> AsyncIterator[list[bytes]]:
+        """The payloads still in ``lease``, in queue order, ``chunk_rows`` at a time."""
+        after = 0
+        while True:
+            chunk: list[tuple[int, bytes]] = await self._call(self._t_chunk, lease.id, after, chunk_rows)
+            if not chunk:
+                return
+            after = chunk[-1][0]
+            yield [p for _, p in chunk]
+            if len(chunk) < chunk_rows:
+                return
+
+    async def ack(self, lease: Lease, event_ids: Collection[str] | None = None) -> int:
+        """Delete delivered rows of ``lease`` (all of them when ``event_ids`` is None); returns the count."""
+        ids = None if event_ids is None else list(event_ids)
+        return await self._call(self._t_ack, lease.id, ids)  # type: ignore[no-any-return]
+
+    async def nack(self, lease: Lease, retry_at_ms: int, event_ids: Collection[str] | None = None) -> int:
+        """Return rows of ``lease`` to the queue, invisible until ``retry_at_ms``; attempts + 1."""
+        ids = None if event_ids is None else list(event_ids)
+        return await self._call(self._t_nack, lease.id, retry_at_ms, ids)  # type: ignore[no-any-return]
+
+    async def reject(self, lease: Lease, reasons: Mapping[str, str]) -> int:
+        """Move the named rows of ``lease`` to the dead-letter table with their reason; others stay leased."""
+        return await self._call(self._t_reject, lease.id, dict(reasons))  # type: ignore[no-any-return]
+
+    async def stats(self) -> OutboxStats:
+        return await self._call(self._t_stats)  # type: ignore[no-any-return]
+
+    async def peek(self, limit: int = 20) -> list[LeasedRow]:
+        """The oldest queued rows (leased or not), without leasing them."""
+        return await self._call(self._t_peek, limit)  # type: ignore[no-any-return]
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return await self._call(self._t_dead_letters, limit)  # type: ignore[no-any-return]
+
+    async def requeue_dead_letters(self, event_ids: Collection[str] | None = None) -> int:
+        """Put dead letters back in the queue (all when ``event_ids`` is None); returns how many left the table.
+
+        A requeue is a technician's decision, so it is not subject to the byte cap.
+        """
+        ids = None if event_ids is None else list(event_ids)
+        return await self._call(self._t_requeue, ids)  # type: ignore[no-any-return]
+
+    # ---- bulk journal --------------------------------------------------------------------------
+
+    async def save_job(self, job: BulkJobRecord) -> None:
+        """Insert or update the job (keyed by lease id); durable when it returns."""
+        await self._call(self._t_save_job, job)
+
+    async def jobs(self) -> list[BulkJobRecord]:
+        return await self._call(self._t_jobs)  # type: ignore[no-any-return]
+
+    async def delete_job(self, lease_id: int) -> None:
+        await self._call(self._t_delete_job, lease_id)
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def _require_open(self) -> WriterThread:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._writer is None:
+            raise OutboxError("outbox is not open", hint="call open() or use `async with Outbox(...)`")
+        return self._writer
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        writer = self._require_open()
+        return await writer.call(functools.partial(self._guarded, fn, *args))
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._fatal is not None:
+            raise self._fatal
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> OutboxError:
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+            return OutboxError(f"outbox {self._path}: {name}: {exc}")
+        primary = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if primary == _SQLITE_FULL:
+            hint = f"free disk space under {self._path.parent} or lower outbox.max_bytes; the agent exits for systemd to restart it"
+        elif primary == _SQLITE_IOERR:
+            hint = "the storage failed (check dmesg and the SD card/disk health); the agent exits for systemd to restart it"
+        else:
+            hint = "the agent exits for systemd to restart it; if this repeats, move the outbox file aside"
+        err = OutboxFatalError(f"outbox {self._path}: cannot commit: {name}: {exc}", hint=hint)
+        self._fatal = err
+        log.critical("outbox fatal error path=%s error=%s hint=%s", self._path, name, hint)
+        return err
+
+    @contextlib.contextmanager
+    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, with the totals written in the same transaction."""
+        conn = self._conn
+        assert conn is not None
+        saved = dataclasses.replace(self._t)
+        soft = not durable and self._sync_full
+        if soft:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                if self._t != saved:
+                    t = self._t
+                    conn.execute(
+                        "UPDATE meta SET rows=?, bytes=?, leased=?, dead_letters=?, dropped_total=?, "
+                        "next_lease_id=? WHERE id=1",
+                        (t.rows, t.bytes, t.leased, t.dead_letters, t.dropped_total, t.next_lease_id),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                self._t = saved
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            self.commits += 1
+        finally:
+            if soft:
+                conn.execute("PRAGMA synchronous=FULL")
+
+    # ---- writer-thread side: open/close --------------------------------------------------------
+
+    def _t_open(self) -> None:
+        path = self._path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._t_lock()
+        try:
+            conn = self._t_connect_checked()
+        except _Corrupt as exc:
+            conn = self._t_recover(str(exc))
+        self._conn = conn
+        row = conn.execute(
+            "SELECT rows, bytes, leased, dead_letters, dropped_total, next_lease_id FROM meta WHERE id=1"
+        ).fetchone()
+        self._t = _Totals(*row)
+        self._t_release_leftovers()
+
+    def _t_lock(self) -> None:
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise OutboxError(
+                f"outbox {self._path} is open in another process",
+                hint="stop the agent first (systemctl stop solar-agent), or use `solar-agent status` to read it",
+            ) from exc
+        self._lock_fd = fd
+
+    def _t_connect(self) -> sqlite3.Connection:
+        if not self._path.exists():
+            # Create it ourselves so the mode is 0600; SQLite gives -wal/-shm the same mode.
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+
+    def _t_connect_checked(self) -> sqlite3.Connection:
+        conn = self._t_connect()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self._sync_full else 'NORMAL'}")
+            result = [r[0] for r in conn.execute("PRAGMA quick_check")]
+            if result != ["ok"]:
+                raise _Corrupt("; ".join(str(r) for r in result[:5]))
+            _schema.migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+            if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise _Corrupt(str(exc)) from exc
+            raise
+        except _Corrupt:
+            conn.close()
+            raise
+        return conn
+
+    def _t_recover(self, reason: str) -> sqlite3.Connection:
+        moved = move_aside(self._path)
+        self.corrupt_moved_to = moved
+        conn = self._t_connect()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self._sync_full else 'NORMAL'}")
+        _schema.migrate(conn)
+        self._conn = conn
+        self._t = _Totals(0, 0, 0, 0, 0, 1)
+        now = self._now_ms()
+        with Salvage(moved) as old:
+            for batch in old.events():
+                with self._tx() as c:
+                    before = c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+                    c.executemany(
+                        "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, attempts, payload) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        batch,
+                    )
+                    n, b = c.execute("SELECT count(*), total(bytes) FROM events WHERE seq > ?", (before,)).fetchone()
+                    self._t.rows += n
+                    self._t.bytes += int(b)
+                    self.salvaged_rows += n
+            dead = old.dead_letters()
+            if dead:
+                with self._tx() as c:
+                    c.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)", dead)
+                    self._t.dead_letters = c.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        log.error(
+            "outbox was corrupt and has been replaced path=%s moved_to=%s reason=%r salvaged_rows=%d "
+            "salvaged_dead_letters=%d unreadable=%d salvage_error=%s took_ms=%d hint=%s",
+            self._path, moved, reason, self.salvaged_rows, len(dead), old.skipped, old.error,
+            self._now_ms() - now,
+            "readings on damaged pages are lost; check the storage (dmesg, SD card wear) and keep "
+            f"{moved.name} for analysis or delete it",
+        )
+        return conn
+
+    def _t_release_leftovers(self) -> None:
+        terminal = sorted(TERMINAL_JOB_STATES)
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE events SET lease_id = NULL WHERE lease_id IS NOT NULL AND lease_id NOT IN "
+                f"(SELECT lease_id FROM bulk_jobs WHERE state NOT IN ({_marks(len(terminal))}))",
+                terminal,
+            )
+            released = conn.execute("SELECT changes()").fetchone()[0]
+            self._t.leased = conn.execute("SELECT count(*) FROM events WHERE lease_id IS NOT NULL").fetchone()[0]
+        if released:
+            log.info("outbox released leases left by a previous run path=%s rows=%d kept_for_bulk=%d",
+                     self._path, released, self._t.leased)
+
+    def _t_close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- writer-thread side: append (group commit) -----------------------------------------------
+
+    def _t_append_group(self, items: Sequence[list[EncodedRecord]]) -> list[Any]:
+        if self._fatal is not None:
+            return [self._fatal] * len(items)
+        if self._conn is None:
+            return [OutboxError("outbox is not open")] * len(items)
+        results: list[Any] = []
+        try:
+            with self._tx() as conn:
+                free = self._free_bytes()
+                for records in items:
+                    try:
+                        res = self._t_append_one(conn, records, free)
+                    except OutboxFullError as exc:
+                        results.append(exc)
+                        continue
+                    results.append(res)
+                    if free is not None:
+                        free -= sum(len(r.payload) for r in records)
+        except sqlite3.Error as exc:
+            return [self._translate(exc)] * len(items)
+        self.append_commits += 1
+        return results
+
+    def _free_bytes(self) -> int | None:
+        if self._config.min_free_bytes <= 0:
+            return None
+        st = os.statvfs(self._path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _t_append_one(self, conn: sqlite3.Connection, records: list[EncodedRecord], free: int | None) -> AppendResult:
+        incoming = sum(len(r.payload) for r in records)
+        cfg = self._config
+        deficit = self._t.bytes + incoming - cfg.max_bytes
+        why = "max_bytes"
+        if free is not None and free < cfg.min_free_bytes + incoming and incoming > deficit:
+            # Deleting rows frees pages inside the file, not on disk: drop as much as we add, so
+            # the new rows reuse those pages and the file stops growing.
+            deficit, why = incoming, "min_free_bytes"
+        dropped = 0
+        if deficit > 0:
+            dropped = self._t_make_room(conn, deficit, len(records), why)
+        now = self._now_ms()
+        before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        changes = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload) VALUES (?, ?, ?, ?, ?)",
+            [(r.event_id, len(r.payload), now, r.time_ms, r.payload) for r in records],
+        )
+        n = conn.total_changes - changes
+        if n == len(records):
+            added = incoming
+        else:
+            added = int(conn.execute("SELECT total(bytes) FROM events WHERE seq > ?", (before,)).fetchone()[0])
+        self._t.rows += n
+        self._t.bytes += added
+        return AppendResult(n, len(records) - n, dropped)
+
+    def _t_make_room(self, conn: sqlite3.Connection, deficit: int, incoming_rows: int, why: str) -> int:
+        hint_full = (
+            f"raise outbox.{why} or free disk space under {self._path.parent}; "
+            "check the Data Cloud connection (`solar-agent status`)"
+        )
+        if self._config.when_full == "reject_new":
+            log.warning("outbox full, rejecting new records path=%s limit=%s rows=%d queued_bytes=%d hint=%s",
+                        self._path, why, incoming_rows, self._t.bytes, hint_full)
+            raise OutboxFullError(f"outbox {self._path} is full ({why})", hint=hint_full)
+        freed, last = 0, None
+        cur = conn.execute("SELECT seq, bytes FROM events WHERE lease_id IS NULL ORDER BY seq")
+        for seq, b in cur:
+            freed += b
+            last = seq
+            if freed >= deficit:
+                break
+        cur.close()
+        if last is None or freed < deficit:
+            log.warning("outbox full and nothing left to drop path=%s limit=%s rows=%d leased=%d hint=%s",
+                        self._path, why, incoming_rows, self._t.leased, hint_full)
+            raise OutboxFullError(
+                f"outbox {self._path} is full ({why}) and every remaining row is leased", hint=hint_full
+            )
+        conn.execute("DELETE FROM events WHERE lease_id IS NULL AND seq <= ?", (last,))
+        n = conn.execute("SELECT changes()").fetchone()[0]
+        self._t.rows -= n
+        self._t.bytes -= freed
+        self._t.dropped_total += n
+        self._log_drops(n, why, hint_full)
+        return int(n)
+
+    def _log_drops(self, n: int, why: str, hint: str) -> None:
+        # Rate-limited: under a long outage every append drops; one line a minute says it all.
+        self._drops_unlogged += n
+        now = self._now_ms()
+        if self._drop_logged_ms is None or now - self._drop_logged_ms >= _DROP_LOG_INTERVAL_MS:
+            log.warning("outbox full, dropped oldest records path=%s limit=%s dropped=%d dropped_total=%d hint=%s",
+                        self._path, why, self._drops_unlogged, self._t.dropped_total, hint)
+            self._drops_unlogged = 0
+            self._drop_logged_ms = now
+
+    # ---- writer-thread side: leases -------------------------------------------------------------
+
+    def _ready(self, older_than_ms: int | None) -> tuple[str, tuple[int, ...]]:
+        if older_than_ms is None:
+            return "lease_id IS NULL AND retry_at_ms <= ?", (self._now_ms(),)
+        return "lease_id IS NULL AND retry_at_ms <= ? AND enqueued_ms < ?", (self._now_ms(), older_than_ms)
+
+    def _t_lease(self, max_records: int, max_bytes: int, older_than_ms: int | None) -> Lease | None:
+        if max_records < 1:
+            raise OutboxError(f"lease: max_records must be >= 1 (got {max_records})")
+        where, params = self._ready(older_than_ms)
+        with self._tx(durable=False) as conn:
+            cur = conn.execute(
+                f"SELECT seq, event_id, payload, enqueued_ms, attempts, retry_at_ms FROM events "
+                f"WHERE {where} ORDER BY seq LIMIT ?",
+                (*params, max_records),
+            )
+            picked: list[tuple[int, str, bytes, int, int, int]] = []
+            total = 0
+            for row in cur:
+                size = len(row[2])
+                if picked and total + size > max_bytes:
+                    break
+                picked.append(row)
+                total += size
+            cur.close()
+            if not picked:
+                return None
+            lease_id = self._t.next_lease_id
+            self._t.next_lease_id += 1
+            conn.execute(f"UPDATE events SET lease_id = ? WHERE {where} AND seq <= ?",
+                         (lease_id, *params, picked[-1][0]))
+            self._t.leased += len(picked)
+        rows = tuple(LeasedRow(s, e, p, q, a, lease_id, r) for s, e, p, q, a, r in picked)
+        return Lease(lease_id, rows, len(rows), total)
+
+    def _t_lease_bulk(self, max_records: int, max_bytes: int | None, older_than_ms: int | None) -> Lease | None:
+        if max_records < 1:
+            raise OutboxError(f"lease_bulk: max_records must be >= 1 (got {max_records})")
+        where, params = self._ready(older_than_ms)
+        window = f"SELECT seq, bytes FROM events WHERE {where} ORDER BY seq LIMIT ?"
+        with self._tx(durable=False) as conn:
+            if max_bytes is None:
+                last, count, total = conn.execute(
+                    f"SELECT max(seq), count(*), total(bytes) FROM ({window})", (*params, max_records)
+                ).fetchone()
+            else:
+                # Running sum in SQL: a million-row backfill is never walked in Python.
+                row = conn.execute(
+                    f"SELECT seq, n, cum FROM (SELECT seq, count(*) OVER w AS n, sum(bytes) OVER w AS cum "
+                    f"FROM ({window}) WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)) "
+                    f"WHERE cum <= ? ORDER BY seq DESC LIMIT 1",
+                    (*params, max_records, max_bytes),
+                ).fetchone() or conn.execute(f"SELECT seq, 1, bytes FROM ({window})", (*params, 1)).fetchone()
+                last, count, total = row if row else (None, 0, 0)
+            if not count:
+                return None
+            lease_id = self._t.next_lease_id
+            self._t.next_lease_id += 1
+            conn.execute(f"UPDATE events SET lease_id = ? WHERE {where} AND seq <= ?", (lease_id, *params, last))
+            self._t.leased += count
+        return Lease(lease_id, (), int(count), int(total))
+
+    def _t_chunk(self, lease_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
+        assert self._conn is not None
+        return self._conn.execute(
+            "SELECT seq, payload FROM events WHERE lease_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (lease_id, after, limit),
+        ).fetchall()
+
+    def _t_ack(self, lease_id: int, ids: list[str] | None) -> int:
+        done = 0
+        with self._tx() as conn:
+            for cond, args in self._in_lease(lease_id, ids):
+                n, b = conn.execute(f"SELECT count(*), total(bytes) FROM events WHERE {cond}", args).fetchone()
+                if n:
+                    conn.execute(f"DELETE FROM events WHERE {cond}", args)
+                    self._t.rows -= n
+                    self._t.bytes -= int(b)
+                    self._t.leased -= n
+                    done += n
+        return done
+
+    def _t_nack(self, lease_id: int, retry_at_ms: int, ids: list[str] | None) -> int:
+        done = 0
+        with self._tx(durable=False) as conn:
+            for cond, args in self._in_lease(lease_id, ids):
+                conn.execute(
+                    f"UPDATE events SET lease_id = NULL, retry_at_ms = ?, attempts = attempts + 1 WHERE {cond}",
+                    (retry_at_ms, *args),
+                )
+                done += conn.execute("SELECT changes()").fetchone()[0]
+            self._t.leased -= done
+        return done
+
+    @staticmethod
+    def _in_lease(lease_id: int, ids: list[str] | None) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        if ids is None:
+            yield "lease_id = ?", (lease_id,)
+            return
+        for chunk in _chunks(ids):
+            yield f"lease_id = ? AND event_id IN ({_marks(len(chunk))})", (lease_id, *chunk)
+
+    def _t_reject(self, lease_id: int, reasons: dict[str, str]) -> int:
+        now = self._now_ms()
+        done = 0
+        with self._tx() as conn:
+            for eid, reason in reasons.items():
+                row = conn.execute(
+                    "SELECT bytes, payload, time_ms, attempts FROM events WHERE event_id = ? AND lease_id = ?",
+                    (eid, lease_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                size, payload, time_ms, attempts = row
+                known = conn.execute("SELECT 1 FROM dead_letters WHERE event_id = ?", (eid,)).fetchone()
+                conn.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
+                             (eid, payload, reason, now, time_ms, attempts + 1))
+                conn.execute("DELETE FROM events WHERE event_id = ?", (eid,))
+                self._t.rows -= 1
+                self._t.bytes -= size
+                self._t.leased -= 1
+                self._t.dead_letters += 0 if known else 1
+                done += 1
+        return done
+
+    def _t_requeue(self, ids: list[str] | None) -> int:
+        now = self._now_ms()
+        conds: list[tuple[str, tuple[Any, ...]]]
+        if ids is None:
+            conds = [("1", ())]
+        else:
+            conds = [(f"event_id IN ({_marks(len(c))})", tuple(c)) for c in _chunks(ids)]
+        done = 0
+        with self._tx() as conn:
+            before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+            for cond, args in conds:
+                conn.execute(
+                    "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload) "
+                    f"SELECT event_id, length(payload), ?, time_ms, payload FROM dead_letters WHERE {cond} "
+                    "ORDER BY rejected_ms, event_id",
+                    (now, *args),
+                )
+                conn.execute(f"DELETE FROM dead_letters WHERE {cond}", args)
+                done += conn.execute("SELECT changes()").fetchone()[0]
+            n, b = conn.execute("SELECT count(*), total(bytes) FROM events WHERE seq > ?", (before,)).fetchone()
+            self._t.rows += n
+            self._t.bytes += int(b)
+            self._t.dead_letters -= done
+        return done
+
+    # ---- writer-thread side: reads and the journal ---------------------------------------------
+
+    def _t_stats(self) -> OutboxStats:
+        assert self._conn is not None
+        row = self._conn.execute("SELECT enqueued_ms FROM events ORDER BY seq LIMIT 1").fetchone()
+        t = self._t
+        return OutboxStats(t.rows, t.bytes, t.leased, row[0] if row else None, t.dead_letters,
+                           t.dropped_total, _file_bytes(self._path))
+
+    def _t_peek(self, limit: int) -> list[LeasedRow]:
+        assert self._conn is not None
+        rows = self._conn.execute(
+            "SELECT seq, event_id, payload, enqueued_ms, attempts, lease_id, retry_at_ms FROM events "
+            "ORDER BY seq LIMIT ?", (limit,),
+        ).fetchall()
+        return [LeasedRow(*r) for r in rows]
+
+    def _t_dead_letters(self, limit: int) -> list[DeadLetter]:
+        assert self._conn is not None
+        rows = self._conn.execute(
+            "SELECT event_id, payload, reason, rejected_ms FROM dead_letters ORDER BY rejected_ms, event_id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [DeadLetter(*r) for r in rows]
+
+    def _t_save_job(self, job: BulkJobRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO bulk_jobs (lease_id, job_id, state, files_uploaded, updated_ms) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (lease_id) DO UPDATE SET job_id = excluded.job_id, state = excluded.state, "
+                "files_uploaded = excluded.files_uploaded, updated_ms = excluded.updated_ms",
+                (job.lease_id, job.job_id, job.state, job.files_uploaded, job.updated_ms),
+            )
+
+    def _t_jobs(self) -> list[BulkJobRecord]:
+        assert self._conn is not None
+        rows = self._conn.execute(
+            "SELECT lease_id, job_id, state, files_uploaded, updated_ms FROM bulk_jobs ORDER BY lease_id"
+        ).fetchall()
+        return [BulkJobRecord(*r) for r in rows]
+
+    def _t_delete_job(self, lease_id: int) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM bulk_jobs WHERE lease_id = ?", (lease_id,))
+
+
+def _file_bytes(path: Path) -> int:
+    total = 0
+    for p in (path, Path(f"{path}-wal")):
+        with contextlib.suppress(FileNotFoundError):
+            total += p.stat().st_size
+    return total
+
+
+def read_stats(path: Path) -> OutboxStats:
+    """Stats of an outbox file, opened read-only (for ``solar-agent status`` while the agent is down).
+
+    Creates and modifies nothing. Leases counted here may be crash leftovers that the next
+    ``open`` releases.
+
+    Raises:
+        OutboxError: no file there, or it cannot be read as an outbox.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OutboxError(f"no outbox at {path}", hint="the agent creates it on first start; check outbox.path")
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot open outbox {path} read-only: {exc}", hint="check the file's permissions") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("BEGIN")   # one snapshot for the totals and the oldest row
+        meta = conn.execute(
+            "SELECT rows, bytes, leased, dead_letters, dropped_total FROM meta WHERE id=1"
+        ).fetchone()
+        oldest = conn.execute("SELECT enqueued_ms FROM events ORDER BY seq LIMIT 1").fetchone()
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}",
+                          hint="the agent checks and repairs the file on its next start") from exc
+    finally:
+        conn.close()
+    if meta is None:
+        raise OutboxError(f"outbox {path} has no totals row", hint="start the agent once to migrate the file")
+    rows, size, leased, dead, dropped = meta
+    return OutboxStats(rows, size, leased, oldest[0] if oldest else None, dead, dropped, _file_bytes(path))

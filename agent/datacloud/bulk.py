@@ -1,0 +1,426 @@
+"""Bulk ingestion: CSV jobs for backfills (datacloud-api.md §3).
+
+``BulkClient`` is the thin wire layer (one method per endpoint, answers mapped to the error tree).
+``BulkUploader`` runs one job end to end from a stream of stored JSON records: CSV files of at most
+``max_file_bytes`` written to temp files (the backlog never sits in memory), uploaded one at a time,
+closed with UploadComplete, polled to JobComplete or Failed. The journal is written BEFORE every
+remote step, so after a crash :meth:`BulkUploader.resume` knows what may have happened remotely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Protocol
+from urllib.parse import urlencode
+
+import aiohttp
+
+from agent.datacloud._http import parse_json, raise_for_status, translate
+from agent.datacloud.auth import TokenProvider
+from agent.datacloud.streaming import Backoff
+from agent.errors import DataCloudError, JobError
+from agent.outbox.types import BulkJobRecord
+from agent.records import CsvEncoder
+
+log = logging.getLogger(__name__)
+
+MAX_FILES_PER_JOB: Final = 100
+MAX_FILE_BYTES: Final = 150_000_000
+TERMINAL: Final = frozenset({"JobComplete", "Failed", "Aborted"})
+
+
+class JobJournal(Protocol):
+    """Durable memory of bulk jobs. ``save`` returns only once the record is durable; it is called
+    before each remote step, so the journal may be one step ahead of the server, never behind."""
+
+    async def save(self, job: BulkJobRecord) -> None: ...
+
+
+class JobBudget:
+    """Client-side view of the bulk limits: at most ``per_hour`` creations in any hour and
+    ``concurrent`` unfinished jobs. A 429 from the server still wins (the drain backs off)."""
+
+    def __init__(self, per_hour: int = 20, concurrent: int = 5, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.per_hour = per_hour
+        self.concurrent = concurrent
+        self._clock = clock
+        self._sleep = sleep
+        self._created: deque[float] = deque()
+        self.active = 0
+        self._changed = asyncio.Event()
+
+    def delay(self) -> float | None:
+        """Seconds until a creation fits the hourly budget, 0 if now; None while all slots are busy."""
+        if self.active >= self.concurrent:
+            return None
+        now = self._clock()
+        while self._created and self._created[0] <= now - 3600:
+            self._created.popleft()
+        if len(self._created) < self.per_hour:
+            return 0.0
+        return self._created[0] + 3600 - now
+
+    async def acquire(self) -> None:
+        """Wait until a job may be created, then count it as created and active."""
+        while (wait := self.delay()) != 0.0:
+            if wait is None:
+                self._changed.clear()
+                await self._changed.wait()
+            else:
+                await self._sleep(wait)
+        self._created.append(self._clock())
+        self.active += 1
+
+    def release(self) -> None:
+        """A job reached a terminal state (or was never created)."""
+        self.active = max(0, self.active - 1)
+        self._changed.set()
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """One job's outcome. ``rows``/``payload_bytes`` are what it consumed from the iterator, in order:
+    when ``exhausted`` is False the job hit the file limit and the rest needs another job."""
+
+    job_id: str | None
+    state: str
+    rows: int
+    payload_bytes: int
+    files: int
+    exhausted: bool
+
+
+class BulkClient:
+    """One method per bulk endpoint. Errors: 404 -> DataCloudError, 409 -> JobError,
+    429 -> ThrottledError, 5xx/transport -> RetryableError, 400 -> RejectedError."""
+
+    def __init__(self, tokens: TokenProvider, session: aiohttp.ClientSession, source_name: str,
+                 object_name: str) -> None:
+        self._tokens = tokens
+        self._session = session
+        self.source_name = source_name
+        self.object_name = object_name
+
+    async def create_job(self, operation: str = "upsert") -> dict[str, Any]:
+        body = {"object": self.object_name, "sourceName": self.source_name, "operation": operation}
+        return await self._json("POST", "/api/v1/ingest/jobs", "create job", json_body=body)
+
+    async def upload(self, job_id: str, data: bytes | BinaryIO) -> None:
+        await self._json("PUT", f"/api/v1/ingest/jobs/{job_id}/batches", "upload", data=data,
+                         content_type="text/csv")
+
+    async def close(self, job_id: str) -> dict[str, Any]:
+        return await self._json("PATCH", f"/api/v1/ingest/jobs/{job_id}", "close job",
+                                json_body={"state": "UploadComplete"})
+
+    async def abort(self, job_id: str) -> dict[str, Any]:
+        return await self._json("PATCH", f"/api/v1/ingest/jobs/{job_id}", "abort job",
+                                json_body={"state": "Aborted"})
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        return await self._json("GET", f"/api/v1/ingest/jobs/{job_id}", "get job")
+
+    async def list(self, states: tuple[str, ...] = (), limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"limit": limit, "offset": offset}
+        if states:
+            query["states"] = ",".join(states)
+        doc = await self._json("GET", f"/api/v1/ingest/jobs?{urlencode(query)}", "list jobs")
+        data = doc.get("data", [])
+        return [j for j in data if isinstance(j, dict)] if isinstance(data, list) else []
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._json("DELETE", f"/api/v1/ingest/jobs/{job_id}", "delete job")
+
+    async def _json(self, method: str, path: str, what: str, *, json_body: Any = None,
+                    data: bytes | BinaryIO | None = None, content_type: str | None = None) -> dict[str, Any]:
+        for attempt in (1, 2):
+            token = await self._tokens.token()
+            headers = dict(token.header)
+            if content_type:
+                headers["Content-Type"] = content_type
+            if attempt == 2 and data is not None and not isinstance(data, bytes):
+                data.seek(0)
+            with translate(what):
+                async with self._session.request(method, token.instance_url + path, json=json_body, data=data,
+                                                 headers=headers, ssl=self._tokens.ssl_context,
+                                                 timeout=self._upload_timeout(data), allow_redirects=False) as resp:
+                    status, answer, resp_headers = resp.status, await resp.read(), resp.headers
+            if status == 401 and attempt == 1:
+                self._tokens.invalidate(token)
+                continue
+            raise_for_status(what, status, resp_headers, answer)
+            doc = parse_json(answer) if answer else {}
+            return doc if isinstance(doc, dict) else {}
+        raise JobError(f"{what}: unreachable")  # pragma: no cover
+
+    def _upload_timeout(self, data: object) -> aiohttp.ClientTimeout:
+        # A 150 MB file over a slow uplink takes minutes: bound the silence, not the whole transfer.
+        if data is None:
+            return self._tokens.timeout
+        t = self._tokens.timeout.total or 30.0
+        return aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+
+
+class _CsvSpool:
+    """CSV files of at most ``max_bytes`` each (header included) in a temp dir; blocking I/O in a thread."""
+
+    def __init__(self, encoder: CsvEncoder, max_bytes: int, tmp_dir: Path | None) -> None:
+        self._encoder = encoder
+        self._header = encoder.header()
+        if max_bytes <= len(self._header):
+            raise ValueError("max_file_bytes must exceed the CSV header")
+        self.max_bytes = max_bytes
+        self._dir = tmp_dir
+        self.file: BinaryIO | None = None
+        self.size = 0
+        self.rows_in_file = 0
+
+    def add(self, payloads: list[bytes], start: int) -> tuple[int, int, bool]:
+        """Write rows from ``payloads[start:]`` until the file is full.
+
+        Returns (rows written, payload bytes of those rows, file full). Each row is encoded on its
+        own so the file boundary falls exactly between rows.
+        """
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(dir=self._dir)  # noqa: SIM115 - closed by take()
+            self.file.write(self._header)
+            self.size, self.rows_in_file = len(self._header), 0
+        written = nbytes = 0
+        # Encode in slices (fast path), falling back to row by row near the size limit.
+        i = start
+        while i < len(payloads):
+            room = self.max_bytes - self.size
+            block = payloads[i:i + 256]
+            csv = self._encoder.rows(block)
+            if len(csv) > room:
+                if len(block) == 1:
+                    if self.rows_in_file == 0:  # a single row bigger than a file: send it anyway
+                        self._write(csv, block)
+                        return written + 1, nbytes + len(block[0]), True
+                    return written, nbytes, True
+                # Too big as a block: retry with the rows one at a time.
+                for p in block:
+                    row = self._encoder.rows([p])
+                    if len(row) > self.max_bytes - self.size:
+                        if self.rows_in_file == 0:
+                            self._write(row, [p])
+                            return written + 1, nbytes + len(p), True
+                        return written, nbytes, True
+                    self._write(row, [p])
+                    written, nbytes, i = written + 1, nbytes + len(p), i + 1
+                continue
+            self._write(csv, block)
+            written += len(block)
+            nbytes += sum(len(p) for p in block)
+            i += len(block)
+        return written, nbytes, False
+
+    def _write(self, csv: bytes, block: list[bytes]) -> None:
+        assert self.file is not None
+        self.file.write(csv)
+        self.size += len(csv)
+        self.rows_in_file += len(block)
+
+    def take(self) -> BinaryIO | None:
+        """The finished file, rewound (the caller closes it); None if no rows were written."""
+        f, self.file = self.file, None
+        if f is None:
+            return None
+        if self.rows_in_file == 0:
+            f.close()
+            return None
+        f.flush()
+        f.seek(0)
+        return f
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class BulkUploader:
+    """Runs bulk upsert jobs for one lease, journaling each step before doing it.
+
+    Args:
+        max_file_bytes: per CSV file including its header (Data Cloud: 150 MB).
+        max_files: per job (Data Cloud: 100); a job stops consuming rows when full.
+        poll_initial_seconds / poll_max_seconds: job status polling backoff.
+    """
+
+    def __init__(self, client: BulkClient, encoder: CsvEncoder, journal: JobJournal, *,
+                 budget: JobBudget | None = None, max_file_bytes: int = MAX_FILE_BYTES,
+                 max_files: int = MAX_FILES_PER_JOB, tmp_dir: Path | None = None,
+                 poll_initial_seconds: float = 0.5, poll_max_seconds: float = 30.0,
+                 now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self._client = client
+        self._encoder = encoder
+        self._journal = journal
+        self._budget = budget or JobBudget()
+        self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self._tmp_dir = tmp_dir
+        self._poll = (poll_initial_seconds, poll_max_seconds)
+        self._now_ms = now_ms
+
+    async def _save(self, rec: BulkJobRecord) -> BulkJobRecord:
+        rec = replace(rec, updated_ms=self._now_ms())
+        await self._journal.save(rec)
+        return rec
+
+    async def run(self, lease_id: int, chunks: AsyncIterator[list[bytes]]) -> BulkResult:
+        """One job from ``chunks`` (stored JSON records, in lease order) to a terminal state.
+
+        The job is created on the first row; an empty iterator creates nothing. On an error before
+        UploadComplete the job is aborted (best effort) and the error propagates.
+        """
+        spool = _CsvSpool(self._encoder, self.max_file_bytes, self._tmp_dir)
+        rec = BulkJobRecord(lease_id, None, "creating")
+        rows = nbytes = files = 0
+        exhausted = True
+        upload: asyncio.Task[None] | None = None
+        acquired = False
+        try:
+            async for chunk in chunks:
+                start = 0
+                while start < len(chunk):
+                    n, b, full = await asyncio.to_thread(spool.add, chunk, start)
+                    start, rows, nbytes = start + n, rows + n, nbytes + b
+                    if not full:
+                        continue
+                    if rec.job_id is None:
+                        rec = await self._create(rec)
+                        acquired = True
+                    if upload is not None:
+                        await upload
+                    files += 1
+                    rec = await self._save(replace(rec, state="uploading", files_uploaded=files))
+                    upload = asyncio.create_task(self._upload(rec, spool.take()),
+                                                 name=f"agent[bulk:{rec.job_id}].upload{files}")
+                    if files >= self.max_files:
+                        # Even if nothing is left, we cannot know without pulling another chunk;
+                        # the caller leases again and finds nothing.
+                        exhausted = False
+                        break
+                if files >= self.max_files:
+                    break
+            last = spool.take()
+            if last is not None:
+                if rec.job_id is None:
+                    rec = await self._create(rec)
+                    acquired = True
+                if upload is not None:
+                    await upload
+                files += 1
+                rec = await self._save(replace(rec, state="uploading", files_uploaded=files))
+                upload = asyncio.create_task(self._upload(rec, last), name=f"agent[bulk:{rec.job_id}].upload{files}")
+            if upload is not None:
+                await upload
+                upload = None
+            if rec.job_id is None:
+                return BulkResult(None, "Empty", 0, 0, 0, True)
+            rec = await self._save(replace(rec, state="UploadComplete"))
+            await self._client.close(rec.job_id)
+        except BaseException:
+            if upload is not None and not upload.done():
+                upload.cancel()
+                with contextlib.suppress(BaseException):
+                    await upload
+            spool.discard()
+            if rec.job_id is not None:
+                await self._abort_quietly(rec)
+            if acquired:
+                self._budget.release()
+            raise
+        try:
+            state = await self._poll_to_terminal(rec)
+        finally:
+            self._budget.release()
+        log.info("bulk job finished job_id=%s state=%s rows=%d files=%d", rec.job_id, state, rows, files)
+        return BulkResult(rec.job_id, state, rows, nbytes, files, exhausted)
+
+    async def resume(self, job: BulkJobRecord) -> str:
+        """Finish what a previous run left. Returns the terminal state; "Aborted" means re-upload the rows.
+
+        creating / Open / uploading: the upload may be partial, so the job is aborted.
+        UploadComplete / InProgress: the data is complete remotely; poll it to JobComplete or Failed.
+        """
+        if job.state in TERMINAL:
+            return job.state
+        if job.job_id is None:
+            # The create call may or may not have reached the server; without an id we cannot find the
+            # job again, and an orphan Open job is purged by Data Cloud after 7 days.
+            log.warning("bulk job creation was interrupted; rows will be re-uploaded lease_id=%d", job.lease_id)
+            await self._save(replace(job, state="Aborted"))
+            return "Aborted"
+        try:
+            if job.state in ("Open", "uploading"):
+                try:
+                    await self._client.abort(job.job_id)
+                    await self._save(replace(job, state="Aborted"))
+                    return "Aborted"
+                except JobError:
+                    pass  # not Open any more (our close went through before the crash): look at it
+            return await self._poll_to_terminal(job)
+        except DataCloudError as exc:
+            if exc.status == 404:
+                log.warning("bulk job vanished remotely; rows will be re-uploaded job_id=%s", job.job_id)
+                await self._save(replace(job, state="Aborted"))
+                return "Aborted"
+            raise
+
+    async def _create(self, rec: BulkJobRecord) -> BulkJobRecord:
+        await self._budget.acquire()
+        try:
+            rec = await self._save(rec)
+            job = await self._client.create_job("upsert")
+        except BaseException:
+            self._budget.release()
+            raise
+        job_id = job.get("id")
+        if not isinstance(job_id, str):
+            self._budget.release()
+            raise JobError("create job answer has no id")
+        log.info("bulk job created job_id=%s lease_id=%d", job_id, rec.lease_id)
+        return await self._save(replace(rec, job_id=job_id, state="Open"))
+
+    async def _upload(self, rec: BulkJobRecord, f: BinaryIO | None) -> None:
+        assert rec.job_id is not None and f is not None
+        try:
+            await self._client.upload(rec.job_id, f)
+        finally:
+            f.close()
+
+    async def _abort_quietly(self, rec: BulkJobRecord) -> None:
+        assert rec.job_id is not None
+        try:
+            await self._client.abort(rec.job_id)
+        except DataCloudError as exc:
+            # resume() tries again from the journal; the rows were never acked.
+            log.warning("could not abort bulk job job_id=%s error=%s", rec.job_id, exc)
+            return
+        with contextlib.suppress(Exception):
+            await self._save(replace(rec, state="Aborted"))
+
+    async def _poll_to_terminal(self, rec: BulkJobRecord) -> str:
+        assert rec.job_id is not None
+        backoff = Backoff(self._poll[0], self._poll[1])
+        while True:
+            job = await self._client.get(rec.job_id)
+            state = str(job.get("state", ""))
+            if state in TERMINAL:
+                await self._save(replace(rec, state=state))
+                return state
+            if state != rec.state and state in ("UploadComplete", "InProgress"):
+                rec = await self._save(replace(rec, state=state))
+            # Full jitter, but never below the first interval: a poll loop must not spin.
+            await asyncio.sleep(max(self._poll[0], backoff.next_delay()))

@@ -1,0 +1,231 @@
+"""Streaming ingestion: JSON micro-batches to ``/api/v1/ingest/sources/{source}/{object}``.
+
+``send`` posts exactly one body and classifies the answer; ``deliver`` sends a batch of any size
+(split under the body limit) and isolates bad records by bisection so one poison record never
+blocks the rest. Throttling, transient and auth errors propagate: the drain decides when to try
+again (every record carries its primary key, so resending is an idempotent upsert).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+
+from agent.datacloud._http import raise_for_status, translate
+from agent.datacloud.auth import TokenProvider
+from agent.errors import AuthError, RejectedError, ThrottledError
+from agent.records import STREAMING_OVERHEAD, streaming_body
+
+log = logging.getLogger(__name__)
+
+MAX_DELETE_IDS: Final = 200
+_JSON = {"Content-Type": "application/json"}
+
+
+def split(payloads: Sequence[bytes], max_body_bytes: int) -> list[list[int]]:
+    """Indices of ``payloads`` per body so each ``{"data":[a,b,...]}`` stays within ``max_body_bytes``.
+
+    Exact: the envelope plus one comma between records. A record too big on its own gets a body of
+    its own (the server will refuse it and ``deliver`` reports it as rejected).
+    """
+    bodies: list[list[int]] = []
+    current: list[int] = []
+    size = STREAMING_OVERHEAD
+    for i, p in enumerate(payloads):
+        extra = len(p) + (1 if current else 0)
+        if current and size + extra > max_body_bytes:
+            bodies.append(current)
+            current, size, extra = [], STREAMING_OVERHEAD, len(p)
+        current.append(i)
+        size += extra
+    if current:
+        bodies.append(current)
+    return bodies
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """Outcome of ``deliver``: ids Data Cloud accepted (202) and ids it refused, with its reason."""
+
+    accepted_ids: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    requests: int = 0           # bodies it took, bisection included
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: delay n is uniform in [0, min(cap, base * 2**n)]."""
+
+    def __init__(self, base_seconds: float = 1.0, cap_seconds: float = 300.0, *,
+                 rng: random.Random | None = None, seed: int | None = None) -> None:
+        self.base = base_seconds
+        self.cap = cap_seconds
+        self._rng = rng or random.Random(seed)
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 62)))
+        self.attempt += 1
+        return self._rng.uniform(0.0, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Pacer:
+    """AIMD request pacing: each request waits for its slot at the current rate.
+
+    ``on_success`` adds ``increase_rps`` (up to ``max_rps``); ``on_throttle`` halves the rate (down to
+    ``min_rps``) and, when the server sent Retry-After, holds every request until then. Slots are
+    reserved in call order, so concurrent callers are spaced too.
+    """
+
+    def __init__(self, rate_rps: float, *, min_rps: float = 0.05, max_rps: float | None = None,
+                 increase_rps: float = 0.1, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        if rate_rps <= 0:
+            raise ValueError("rate_rps must be positive")
+        self.max_rps = max_rps if max_rps is not None else rate_rps
+        self.min_rps = min(min_rps, self.max_rps)
+        self.rate = min(rate_rps, self.max_rps)
+        self.increase = increase_rps
+        self._clock = clock
+        self._sleep = sleep
+        self._next = clock()
+
+    def reserve(self) -> float:
+        """Take the next slot; seconds to wait before using it."""
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + 1.0 / self.rate
+        return slot - now
+
+    async def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await self._sleep(delay)
+
+    def on_success(self) -> None:
+        self.rate = min(self.max_rps, self.rate + self.increase)
+
+    def on_throttle(self, retry_after: float | None = None) -> None:
+        self.rate = max(self.min_rps, self.rate / 2)
+        now = self._clock()
+        hold = now + retry_after if retry_after else now + 1.0 / self.rate
+        self._next = max(self._next, hold)
+
+
+class StreamingClient:
+    """Streaming insert/validate/delete for one Ingestion API object.
+
+    Contract: ``send`` raises ``RejectedError`` (400; status 413 means split the body),
+    ``ThrottledError``, ``RetryableError``, ``AuthError`` or ``DataCloudError`` (404 and other
+    refusals that are not the records' fault). A 401 invalidates the token and retries once.
+    Safe for concurrent use; the session and token provider are the caller's.
+    """
+
+    def __init__(self, tokens: TokenProvider, session: aiohttp.ClientSession, source_name: str,
+                 object_name: str, *, max_body_bytes: int = 190_000, pacer: Pacer | None = None) -> None:
+        self._tokens = tokens
+        self._session = session
+        self._path = f"/api/v1/ingest/sources/{quote(source_name)}/{quote(object_name)}"
+        self.max_body_bytes = max_body_bytes
+        self.pacer = pacer
+        self.requests = 0
+
+    async def send(self, payloads: Sequence[bytes]) -> None:
+        """POST one ``{"data":[...]}`` body; returns on 202."""
+        await self._call("POST", self._path, streaming_body(payloads), "streaming insert")
+
+    async def validate(self, payloads: Sequence[bytes]) -> list[dict[str, Any]]:
+        """Synchronous dry run (``/actions/test``): [] when valid, else the server's validation report."""
+        try:
+            await self._call("POST", self._path + "/actions/test", streaming_body(payloads), "validate")
+        except RejectedError as exc:
+            return exc.report or [{"message": exc.message}]
+        return []
+
+    async def delete(self, ids: Sequence[str]) -> None:
+        """Delete records by primary key, at most 200 per request."""
+        for start in range(0, len(ids), MAX_DELETE_IDS):
+            chunk = ids[start:start + MAX_DELETE_IDS]
+            await self._call("DELETE", f"{self._path}?ids={quote(','.join(chunk), safe=',')}", None, "delete")
+
+    async def deliver(self, rows: Sequence[tuple[str, bytes]]) -> DeliveryResult:
+        """Send ``(event_id, payload)`` rows; bisect refused bodies down to the bad records."""
+        accepted: list[str] = []
+        rejected: dict[str, str] = {}
+        sends = 0
+        payloads = [p for _, p in rows]
+        for indices in split(payloads, self.max_body_bytes):
+            sends += await self._deliver_part([rows[i] for i in indices], accepted, rejected)
+        return DeliveryResult(accepted, rejected, sends)
+
+    async def _deliver_part(self, rows: Sequence[tuple[str, bytes]], accepted: list[str],
+                            rejected: dict[str, str]) -> int:
+        """Send ``rows`` as one body, bisecting on refusal; returns the number of bodies sent."""
+        try:
+            await self.send([p for _, p in rows])
+        except RejectedError as exc:
+            if len(rows) == 1:
+                reason = _reason(exc)
+                log.warning("record rejected event_id=%s reason=%s", rows[0][0], reason)
+                rejected[rows[0][0]] = reason
+                return 1
+            # The halves go separately: only the half holding a bad record is refused again.
+            mid = len(rows) // 2
+            return (1 + await self._deliver_part(rows[:mid], accepted, rejected)
+                    + await self._deliver_part(rows[mid:], accepted, rejected))
+        accepted.extend(eid for eid, _ in rows)
+        return 1
+
+    async def _call(self, method: str, path: str, body: bytes | None, what: str) -> None:
+        for attempt in (1, 2):
+            token = await self._tokens.token()
+            if self.pacer is not None:
+                await self.pacer.wait()
+            headers = {**token.header, **_JSON} if body is not None else token.header
+            self.requests += 1
+            with translate(what):
+                async with self._session.request(method, token.instance_url + path, data=body, headers=headers,
+                                                 ssl=self._tokens.ssl_context, timeout=self._tokens.timeout,
+                                                 allow_redirects=False) as resp:
+                    status = resp.status
+                    answer = await resp.read()
+                    resp_headers = resp.headers
+            if status == 401 and attempt == 1:
+                log.info("data cloud answered 401; fetching a new token once what=%s", what)
+                self._tokens.invalidate(token)
+                continue
+            try:
+                raise_for_status(what, status, resp_headers, answer)
+            except ThrottledError as exc:
+                if self.pacer is not None:
+                    self.pacer.on_throttle(exc.retry_after)
+                raise
+            if self.pacer is not None:
+                self.pacer.on_success()
+            return
+        raise AuthError(f"{what}: unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _reason(exc: RejectedError) -> str:
+    """A short reason for the dead-letter table: the report's messages, else the server's message."""
+    if exc.status == 413:
+        return f"record larger than the streaming body limit: {exc.message}"
+    parts: list[str] = []
+    for entry in exc.report:
+        for key in ("causingExceptions", "message", "reason", "error"):
+            value = entry.get(key)
+            if isinstance(value, list):
+                parts.extend(str(v.get("message", v)) if isinstance(v, dict) else str(v) for v in value)
+            elif value:
+                parts.append(str(value))
+    return "; ".join(parts)[:1000] if parts else exc.message

@@ -59,7 +59,8 @@ def _mask_value(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """Mask bearer tokens, JWTs, secret-looking key/value pairs and PEM blocks in ``text``."""
-    text = _PEM.sub(lambda m: f"-----BEGIN {m[1]}----- {REDACTED}", text)
+    # No BEGIN marker in the replacement: a second pass would read it as a truncated block.
+    text = _PEM.sub(lambda m: f"[REDACTED {m[1]}]", text)
     text = _BEARER.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
     text = _KEY_VALUE.sub(_mask_value, text)
     text = _JWT.sub(REDACTED, text)

@@ -509,10 +509,12 @@ class Outbox:
                 break
         cur.close()
         if last is None or freed < deficit:
-            log.warning("outbox full and nothing left to drop path=%s limit=%s rows=%d leased=%d hint=%s",
-                        self._path, why, incoming_rows, self._t.leased, hint_full)
+            log.warning("outbox full and not enough to drop path=%s limit=%s rows=%d need_bytes=%d "
+                        "droppable_bytes=%d leased=%d hint=%s",
+                        self._path, why, incoming_rows, deficit, freed, self._t.leased, hint_full)
             raise OutboxFullError(
-                f"outbox {self._path} is full ({why}) and every remaining row is leased", hint=hint_full
+                f"outbox {self._path} is full ({why}): dropping every row that is not leased would free "
+                f"{freed} bytes, {deficit} are needed; nothing of this append was stored", hint=hint_full
             )
         conn.execute("DELETE FROM events WHERE lease_id IS NULL AND seq <= ?", (last,))
         n = conn.execute("SELECT changes()").fetchone()[0]
@@ -749,8 +751,12 @@ def read_stats(path: Path) -> OutboxStats:
     path = Path(path)
     if not path.is_file():
         raise OutboxError(f"no outbox at {path}", hint="the agent creates it on first start; check outbox.path")
+    # A cleanly closed outbox has no -wal: then the file alone is the whole truth, and `immutable`
+    # keeps SQLite from creating -wal/-shm beside it. With a -wal (agent running or crashed) the
+    # read-only connection shares the agent's -shm and sees a consistent snapshot.
+    mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot open outbox {path} read-only: {exc}", hint="check the file's permissions") from exc
     try:

@@ -1,0 +1,358 @@
+"""SunSpec over Modbus RTU/TCP: one poll loop per bus, a circuit breaker per device.
+
+``ModbusSource(bus_config)`` polls every configured unit in turn, once per
+``poll_interval_seconds`` (timed on the monotonic clock), and emits one ``Reading`` per device
+per cycle (plus one per MPPT string, ``<device>/pv<n>``). pymodbus is used with ``retries=0``
+and no automatic reconnect: retrying, backing off and reopening the port are decided here.
+
+* First contact with a unit: find ``SunS`` (configured base, else 40000, 0, 50000), walk the
+  ``ID, L`` chain to ``0xFFFF``, read model 1 for the device id; the chain is cached.
+* Each cycle: each needed model block is read in ONE request (values and their scale factors
+  together, so a scale-factor change cannot tear a value), split only beyond 125 registers.
+* A failing unit trips its breaker: after consecutive failures it is skipped with exponential
+  backoff, then tried once (half-open). A dead inverter costs the others at most one timeout
+  per backoff period.
+* Errors are counted per device by kind (``timeout``, ``crc``, ``exception``, ``not_sunspec``,
+  ``connection``) in ``DeviceHealth.errors`` and logged at most once a minute per device and kind,
+  with a hint.
+* A serial port that disappears (USB re-enumeration) or a dropped TCP connection is closed and
+  reopened with capped backoff; the cached model chains are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from agent.config import ModbusBusConfig, ModbusDeviceConfig
+from agent.errors import DeviceProtocolError, SourceError
+from agent.records import Reading
+from agent.sources import DeviceHealth, Emit
+from agent.sources.sunspec import (
+    BASE_CANDIDATES,
+    END_MODEL_ID,
+    MAX_REGISTERS_PER_READ,
+    SUPPORTED_MODELS,
+    decode_model,
+    device_id,
+    is_marker,
+    string_metrics,
+    to_metrics,
+)
+
+__all__ = ["ModbusSource"]
+
+log = logging.getLogger(__name__)
+
+_LOG_EVERY_SECONDS = 60.0
+_MAX_CHAIN_MODELS = 64          # a chain longer than this is garbage, not a device
+_HINTS = {
+    "timeout": "check wiring (A/B swapped?), unit id, baud rate and parity, bus termination; "
+               "the inverter may be off at night",
+    "crc": "garbled frames: check baud rate and parity, termination resistors, cable shielding and ground",
+    "exception": "the device refused the request: check the unit id and base address "
+                 "(manuals print 40001 for PDU address 40000)",
+    "not_sunspec": "no SunS marker at 40000, 0 or 50000: enable SunSpec/Modbus in the inverter "
+                   "settings or set base_address",
+    "connection": "serial adapter gone or TCP peer unreachable: check the USB cable and the "
+                  "/dev/serial/by-id path, or the host and port",
+}
+
+
+class _PollError(SourceError):
+    """A failed request, with the health counter kind it belongs to (private to this module)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message, hint=_HINTS[kind])
+        self.kind = kind
+
+
+class _BusDown(_PollError):
+    """The port or connection itself is gone: reconnect the bus, do not blame a device."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("connection", message)
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelAt:
+    model_id: int
+    address: int
+    length: int                 # registers including the ID and L header
+
+
+@dataclass(slots=True)
+class _Unit:
+    config: ModbusDeviceConfig
+    health: DeviceHealth
+    chain: tuple[_ModelAt, ...] | None = None
+    device_id: str = ""
+    next_try: float = 0.0       # monotonic; the breaker skips the unit until then
+    logged: dict[str, float] = field(default_factory=dict)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ModbusSource:
+    """Poll the SunSpec devices of one Modbus bus (``Source`` protocol).
+
+    Args:
+        config: the bus (transport, port or host, devices, timeout, poll interval).
+        now_ms: wall clock for reading times (epoch ms); injectable for tests.
+        backoff_max_seconds: cap of a failing device's retry period (and of bus reconnects).
+    """
+
+    def __init__(self, config: ModbusBusConfig, *, now_ms: Callable[[], int] = _wall_ms,
+                 backoff_max_seconds: float = 300.0) -> None:
+        self.config = config
+        self.name = f"modbus:{config.name}"
+        self.source = "sunspec-rtu" if config.transport == "rtu" else "sunspec-tcp"
+        self._now_ms = now_ms
+        self._backoff_max = backoff_max_seconds
+        self._units = [
+            _Unit(d, DeviceHealth(device=d.name or f"{config.name}/unit{d.unit_id}", source=self.name))
+            for d in config.devices
+        ]
+        self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
+        self._rx_bytes = 0      # bytes seen since the last request: tells a CRC error from silence
+        self._bus_logged = 0.0
+        self.cycles = 0         # completed poll cycles (status and tests)
+
+    def health(self) -> Sequence[DeviceHealth]:
+        return [u.health for u in self._units]
+
+    # ---- transport ----------------------------------------------------------------------
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            self._rx_bytes = 0
+        else:
+            self._rx_bytes += len(data)
+        return data
+
+    def _new_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        c = self.config
+        if c.transport == "rtu":
+            return AsyncModbusSerialClient(
+                c.port, framer=FramerType.RTU, baudrate=c.baudrate, bytesize=c.bytesize, parity=c.parity,
+                stopbits=c.stopbits, timeout=c.timeout_seconds, retries=0, reconnect_delay=0,
+                name=self.name, trace_packet=self._trace)
+        return AsyncModbusTcpClient(c.host, port=c.tcp_port, framer=FramerType.SOCKET,
+                                    timeout=c.timeout_seconds, retries=0, reconnect_delay=0,
+                                    name=self.name, trace_packet=self._trace)
+
+    async def _connect(self) -> None:
+        if self._client is not None and self._client.connected:
+            return
+        self._close()
+        self._client = self._new_client()
+        try:
+            ok = await self._client.connect()
+        except (OSError, ModbusException) as exc:
+            raise _BusDown(f"cannot open {self._where()}: {exc}") from exc
+        if not ok:
+            raise _BusDown(f"cannot open {self._where()}")
+        log.info("modbus bus connected bus=%s where=%s", self.config.name, self._where())
+
+    def _close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _where(self) -> str:
+        c = self.config
+        return c.port if c.transport == "rtu" else f"{c.host}:{c.tcp_port}"
+
+    async def _read(self, unit: int, address: int, count: int) -> list[int]:
+        """FC3 read; translates every pymodbus outcome into a ``_PollError`` kind."""
+        client = self._client
+        if client is None or not client.connected:
+            raise _BusDown(f"{self._where()} is not connected")
+        try:
+            rr = await client.read_holding_registers(address, count=count, device_id=unit)
+        except ConnectionException as exc:
+            raise _BusDown(f"connection lost on {self._where()}: {exc}") from exc
+        except ModbusIOException as exc:
+            if client.connected is False:
+                raise _BusDown(f"connection lost on {self._where()}: {exc}") from exc
+            if self._rx_bytes:
+                raise _PollError("crc", f"unit {unit}: garbled response ({self._rx_bytes} bytes, bad CRC "
+                                        f"or framing) reading {address}+{count}") from exc
+            raise _PollError("timeout", f"unit {unit}: no response in {self.config.timeout_seconds}s "
+                                        f"reading {address}+{count}") from exc
+        except (OSError, ModbusException) as exc:
+            raise _BusDown(f"{self._where()}: {exc}") from exc
+        if rr.isError():
+            code = getattr(rr, "exception_code", None)
+            raise _PollError("exception", f"unit {unit}: Modbus exception {code} reading {address}+{count}")
+        regs = list(rr.registers)
+        if len(regs) < count:
+            raise _PollError("crc", f"unit {unit}: short response {len(regs)}/{count} registers")
+        return regs[:count]
+
+    async def _read_block(self, unit: int, address: int, count: int) -> list[int]:
+        regs: list[int] = []
+        while count > 0:
+            n = min(count, MAX_REGISTERS_PER_READ)
+            regs += await self._read(unit, address, n)
+            address += n
+            count -= n
+        return regs
+
+    # ---- SunSpec ------------------------------------------------------------------------
+
+    async def _discover(self, u: _Unit) -> None:
+        unit = u.config.unit_id
+        bases = (u.config.base_address,) if u.config.base_address is not None else BASE_CANDIDATES
+        base = None
+        for candidate in bases:
+            try:
+                if is_marker(await self._read(unit, candidate, 2)):
+                    base = candidate
+                    break
+            except _PollError as exc:
+                if exc.kind != "exception":     # silence or garbage: the device, not the base, is wrong
+                    raise
+        if base is None:
+            raise _PollError("not_sunspec", f"unit {unit}: no SunS marker at {list(bases)}")
+        chain: list[_ModelAt] = []
+        addr = base + 2
+        for _ in range(_MAX_CHAIN_MODELS):
+            # ID and L read apart: some devices do not supply L for the end model.
+            (mid,) = await self._read(unit, addr, 1)
+            if mid == END_MODEL_ID:
+                break
+            (length,) = await self._read(unit, addr + 1, 1)
+            chain.append(_ModelAt(mid, addr, length + 2))
+            addr += length + 2
+        else:
+            raise _PollError("not_sunspec", f"unit {unit}: model chain at {base} does not end")
+        if not chain or chain[0].model_id != 1:
+            raise _PollError("not_sunspec", f"unit {unit}: chain at {base} does not start with model 1")
+        common = decode_model(1, await self._read_block(unit, chain[0].address, chain[0].length))
+        fallback = f"{self.config.name}-unit{unit}"
+        u.device_id = u.config.name or device_id(common, fallback)
+        u.health.device = u.device_id
+        u.chain = tuple(chain)
+        log.info("sunspec device found bus=%s unit=%d device=%s base=%d models=%s", self.config.name,
+                 unit, u.device_id, base, [m.model_id for m in chain])
+
+    async def _poll(self, u: _Unit) -> list[Reading]:
+        if u.chain is None:
+            await self._discover(u)
+        assert u.chain is not None
+        models: dict[int, dict[str, object]] = {}
+        for m in u.chain:
+            if m.model_id == 1 or m.model_id not in SUPPORTED_MODELS or m.model_id in models:
+                continue
+            regs = await self._read_block(u.config.unit_id, m.address, m.length)
+            try:
+                models[m.model_id] = decode_model(m.model_id, regs)
+            except DeviceProtocolError as exc:
+                u.chain = None                  # the map moved (firmware update?): rediscover
+                raise _PollError("not_sunspec", f"unit {u.config.unit_id}: {exc.message}") from exc
+        now = self._now_ms()
+        metrics = {k: v for k, v in to_metrics(models).items() if v is not None}
+        readings = [Reading(u.device_id, now, self.source, metrics)]
+        for n, dc in string_metrics(models):
+            values = {k: v for k, v in dc.items() if v is not None}
+            if values:
+                readings.append(Reading(f"{u.device_id}/pv{n}", now, self.source, values))
+        return readings
+
+    # ---- breaker and health -------------------------------------------------------------
+
+    def _succeeded(self, u: _Unit, readings: Sequence[Reading]) -> None:
+        h = u.health
+        if h.consecutive_failures:
+            log.info("device recovered bus=%s device=%s after_failures=%d", self.config.name, h.device,
+                     h.consecutive_failures)
+        h.consecutive_failures = 0
+        h.state = "ok"
+        h.readings_total += len(readings)
+        h.last_reading_ms = readings[0].time_ms
+        u.next_try = 0.0
+
+    def _failed(self, u: _Unit, exc: _PollError, now: float) -> None:
+        h = u.health
+        h.errors[exc.kind] += 1
+        h.last_error = f"{exc.kind}: {exc.message}"
+        h.consecutive_failures += 1
+        # Retry next cycle after one failure; then skip 1, 3, 7... intervals (capped).
+        interval = self.config.poll_interval_seconds
+        delay = min(self._backoff_max, interval * 2 ** (h.consecutive_failures - 1)) - interval
+        u.next_try = now + max(0.0, delay)
+        h.state = "ok" if delay <= 0 else ("down" if delay + interval >= self._backoff_max else "backoff")
+        last = u.logged.get(exc.kind)
+        if last is None or now - last >= _LOG_EVERY_SECONDS:
+            u.logged[exc.kind] = now
+            log.warning("modbus poll failed bus=%s device=%s unit=%d kind=%s failures=%d retry_in=%.1fs "
+                        "error=%s hint=%s", self.config.name, h.device, u.config.unit_id, exc.kind,
+                        h.consecutive_failures, max(0.0, delay), exc.message, exc.hint)
+
+    # ---- loop ---------------------------------------------------------------------------
+
+    async def run(self, emit: Emit) -> None:
+        """Poll until cancelled. Device errors are counted, never raised; ``emit`` errors propagate."""
+        interval = self.config.poll_interval_seconds
+        bus_backoff = min(1.0, interval)
+        next_cycle = time.monotonic()
+        try:
+            while True:
+                try:
+                    await self._connect()
+                    bus_backoff = min(1.0, interval)
+                    readings = await self._cycle()
+                except _BusDown as exc:
+                    self._bus_down(exc)
+                    await asyncio.sleep(bus_backoff)      # reconnect backoff, capped exponential
+                    bus_backoff = min(self._backoff_max, bus_backoff * 2)
+                    continue
+                if readings:
+                    await emit(readings)
+                self.cycles += 1
+                next_cycle += interval
+                now = time.monotonic()
+                if next_cycle < now:                      # overran (slow bus): do not burst to catch up
+                    next_cycle = now
+                await asyncio.sleep(next_cycle - now)     # the poll interval itself
+        finally:
+            self._close()
+
+    async def _cycle(self) -> list[Reading]:
+        readings: list[Reading] = []
+        for u in self._units:
+            now = time.monotonic()
+            if u.next_try > now:
+                continue                                   # breaker open: not due yet
+            try:
+                got = await self._poll(u)
+            except _BusDown:
+                raise
+            except _PollError as exc:
+                self._failed(u, exc, time.monotonic())
+                continue
+            self._succeeded(u, got)
+            readings += got
+        return readings
+
+    def _bus_down(self, exc: _BusDown) -> None:
+        self._close()
+        for u in self._units:
+            u.health.errors["connection"] += 1
+            u.health.last_error = f"connection: {exc.message}"
+        now = time.monotonic()
+        if now - self._bus_logged >= _LOG_EVERY_SECONDS or not self._bus_logged:
+            self._bus_logged = now
+            log.warning("modbus bus down bus=%s where=%s error=%s hint=%s", self.config.name,
+                        self._where(), exc.message, exc.hint)
+

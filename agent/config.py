@@ -1,16 +1,50 @@
 """Site configuration: one TOML file, loaded into frozen dataclasses.
 
-Shapes only for now; the loader (tomllib, unknown keys are errors, every error names the file,
-the key path, the value and a hint) is ``load_config``.
+``load_config(path)`` reads the file with stdlib ``tomllib`` and returns an ``AgentConfig``:
+
+* strict: unknown keys, wrong types and out-of-range values are errors; nothing is coerced or
+  clamped (a string ``"10GB"`` where bytes are expected is an error with a hint, not 10 GB);
+* every error names the file, the key path (``modbus[0].devices[1].unit_id``), the value and a
+  hint; all errors of a file are collected and raised together as one ``ConfigErrors``, which
+  is a ``ConfigError`` (``exc.errors`` lists them one by one);
+* relative paths resolve against the config file's directory; ``credential:NAME`` on a secret
+  file key resolves to ``$CREDENTIALS_DIRECTORY/NAME`` (systemd ``LoadCredential=``);
+* secrets are never accepted in the TOML itself (``password = ...`` is refused), only paths to
+  files holding them, and the loader never opens those files.
+
+``redacted`` and ``to_toml`` show a loaded config (for ``solar-agent check-config``);
+``accepted_keys`` lists every key the loader accepts (the docs test checks them all).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+from agent.errors import AgentError, ConfigError
+from agent.records import IDENTITY_FIELDS, STREAMING_OVERHEAD, Schema
 
 DEFAULT_CONFIG_PATH = Path("/etc/solar-agent/site.toml")
+ENV_CONFIG_PATH: Final = "SOLAR_AGENT_CONFIG"
+CREDENTIAL_PREFIX: Final = "credential:"
+STREAMING_BODY_LIMIT: Final = 200_000                      # Ingestion API: body "less than 200 KB"
+MAX_BATCH_BYTES: Final = STREAMING_BODY_LIMIT - STREAMING_OVERHEAD  # records only, without {"data":[]}
+MAX_BULK_FILE_BYTES: Final = 150_000_000                   # Ingestion API: one bulk CSV file
+MAX_REQUESTS_PER_SECOND: Final = 250.0                     # per org, shared by the whole fleet
+STANDARD_BAUDRATES: Final = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +147,866 @@ class AgentConfig:
     mqtt: tuple[MqttConfig, ...] = ()
     drain: DrainConfig = field(default_factory=DrainConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class ConfigErrors(ConfigError):
+    """Every error found in one config file, raised together. Still a ``ConfigError``.
+
+    ``file``/``key``/``value``/``hint`` are those of the first error; ``errors`` holds them all.
+    """
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        first = errors[0]
+        if len(errors) == 1:
+            message, hint = first.message, first.hint
+        else:
+            message = f"{len(errors)} errors in {first.file}:\n" + "\n".join(f"  {e}" for e in errors)
+            hint = None
+        AgentError.__init__(self, message, hint=hint)
+        self.file = first.file
+        self.key = first.key
+        self.value = first.value
+        self.errors: tuple[ConfigError, ...] = tuple(errors)
+
+
+def config_errors(exc: ConfigError) -> tuple[ConfigError, ...]:
+    """The individual errors inside ``exc`` (itself when it is a single error)."""
+    return exc.errors if isinstance(exc, ConfigErrors) else (exc,)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def resolve_config_path(path: str | Path | None = None) -> Path:
+    """The config file to use: ``path``, else ``$SOLAR_AGENT_CONFIG``, else /etc/solar-agent/site.toml."""
+    if path is not None and str(path) != "":
+        return Path(path)
+    env = os.environ.get(ENV_CONFIG_PATH, "")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | Path | None = None, *, credentials_dir: str | Path | None = None) -> AgentConfig:
+    """Read, validate and return the site config.
+
+    Args:
+        path: the TOML file; None means ``resolve_config_path()`` (env ``SOLAR_AGENT_CONFIG``).
+        credentials_dir: where ``credential:NAME`` paths point; default ``$CREDENTIALS_DIRECTORY``.
+
+    Raises:
+        ConfigError: (a ``ConfigErrors``) listing every problem, each with file, key path, value, hint.
+    """
+    p = resolve_config_path(path)
+    file = str(p)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigErrors([ConfigError(
+            file, "(file)", f"cannot read the config file: {exc.strerror or exc}",
+            hint=f"pass the path (solar-agent check-config PATH) or set {ENV_CONFIG_PATH}; "
+                 "start from config/site.example.toml",
+        )]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigErrors([ConfigError(
+            file, f"line {line}", "is not UTF-8 text", hint="save the file as UTF-8",
+        )]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([_syntax_error(file, text, exc)]) from exc
+    return parse_config(data, file, credentials_dir=credentials_dir)
+
+
+def parse_config(
+    data: Mapping[str, Any], source_file: str, *, credentials_dir: str | Path | None = None,
+) -> AgentConfig:
+    """Validate an already-parsed TOML document. Relative paths resolve next to ``source_file``."""
+    if credentials_dir is None:
+        env = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        credentials_dir = Path(env) if env else None
+    ctx = _Ctx(source_file, Path(source_file).absolute().parent,
+               Path(credentials_dir) if credentials_dir is not None else None)
+    if not isinstance(data, Mapping):
+        ctx.error("(document)", "must be a TOML document (a table of sections)")
+        raise ConfigErrors(ctx.errors)
+    cfg = ctx.build(AgentConfig, data, "", extra={"source_file": source_file})
+    if ctx.errors or not isinstance(cfg, AgentConfig):
+        raise ConfigErrors(ctx.errors)
+    return cfg
+
+
+def check_against_schema(cfg: AgentConfig, schema: Schema) -> list[ConfigError]:
+    """Config values that only make sense next to the ingestion schema (generic MQTT field maps)."""
+    errors: list[ConfigError] = []
+    for i, feed in enumerate(cfg.mqtt):
+        for name, _path in feed.fields:
+            key = f"mqtt[{i}].fields.{name}"
+            if name in IDENTITY_FIELDS:
+                errors.append(ConfigError(cfg.source_file, key, "is filled by the agent itself, not from a payload",
+                                          hint="map only metric fields; the device id comes from device_id_path"))
+            elif name not in schema.by_name:
+                close = difflib.get_close_matches(name, schema.names, n=1)
+                errors.append(ConfigError(
+                    cfg.source_file, key, "is not a field of the ingestion schema",
+                    hint=f"did you mean {close[0]!r}?" if close else "see the fields in the schema file",
+                ))
+    return errors
+
+
+def device_count(cfg: AgentConfig) -> int:
+    """Number of configured Modbus devices over all buses."""
+    return sum(len(bus.devices) for bus in cfg.modbus)
+
+
+def accepted_keys() -> list[str]:
+    """Every key the loader accepts, as dotted paths without indexes (``modbus.devices.unit_id``)."""
+    out: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in _INTERNAL_FIELDS:
+                continue
+            key = f"{prefix}{f.name}"
+            sub = _dataclass_in(hints[f.name])
+            if sub is None:
+                out.append(key)
+            else:
+                walk(sub, key + ".")
+
+    walk(AgentConfig, "")
+    return out
+
+
+def redacted(cfg: AgentConfig) -> dict[str, Any]:
+    """The config as plain data for display.
+
+    The loader refuses secrets in the TOML, so the config holds none: secret files show as paths
+    (never opened here), usernames as they are, and URLs lose any userinfo just in case.
+    """
+    plain = _plain(cfg)
+    assert isinstance(plain, dict)
+    plain.pop("source_file", None)
+    # Keys that do not apply (tcp settings on a serial bus, generic mappings on a known profile)
+    # are left out while at their defaults: they would only be noise on a technician's screen.
+    for bus in plain.get("modbus", []):
+        _drop_defaults(bus, ModbusBusConfig, _TCP_ONLY if bus["transport"] == "rtu" else _RTU_ONLY)
+    for feed in plain.get("mqtt", []):
+        _drop_defaults(feed, MqttConfig, () if feed["profile"] == "generic" else _GENERIC_ONLY)
+        _drop_defaults(feed, MqttConfig, () if feed["profile"] == "victron" else ("portal_id",))
+    order = ("site", "outbox", "modbus", "mqtt", "datacloud", "drain", "status")
+    return {k: plain[k] for k in sorted(plain, key=lambda k: order.index(k) if k in order else len(order))}
+
+
+def to_toml(cfg: AgentConfig) -> str:
+    """The resolved config (defaults filled in, paths absolute) as TOML that loads back to ``cfg``."""
+    lines = [f"# resolved from {cfg.source_file}"]
+    _emit_table(lines, "", redacted(cfg))
+    return "\n".join(lines).strip() + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The loader: a walk over the dataclass fields, with per-key rules and per-section checks
+
+
+_INTERNAL_FIELDS: Final = frozenset({"source_file"})
+# Keys that hold the *path* to a secret: the only ones where "credential:NAME" is allowed.
+_SECRET_FILE_KEYS: Final = ("private_key_path", "password_file", "token_file")
+_SECRET_NAMES: Final = frozenset({
+    "password", "passwd", "pass", "pwd", "secret", "token", "private_key", "privatekey", "key",
+    "client_secret", "api_key", "apikey", "access_token", "refresh_token", "passphrase", "credentials",
+})
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
+_OBJECT_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+_CRED_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
+_SIZE_RE: Final = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([kmgt]i?b?|b|bytes?)?\s*$", re.IGNORECASE)
+_DURATION_RE: Final = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)?\s*$",
+                                  re.IGNORECASE)
+_SYNTAX_POS_RE: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
+_BAD: Final = object()  # a value that failed conversion (its error is already recorded)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """What a value must be, beyond its type: ``desc`` completes "must be ..."."""
+
+    desc: str
+    ok: Callable[[Any], bool]
+    hint: str | None = None
+
+
+def _int_between(lo: int, hi: int | None, desc: str, hint: str | None = None) -> _Rule:
+    return _Rule(desc, lambda v: v >= lo and (hi is None or v <= hi), hint)
+
+
+def _num_above(lo: float, desc: str, hi: float | None = None, inclusive: bool = False) -> _Rule:
+    return _Rule(desc, lambda v: (v >= lo if inclusive else v > lo) and (hi is None or v <= hi))
+
+
+_POSITIVE_INT = _int_between(1, None, "a positive integer")
+_NON_NEGATIVE_INT = _int_between(0, None, "an integer >= 0")
+_POSITIVE_SECONDS = _num_above(0, "a number of seconds > 0")
+_NAME = _Rule("a name of 1-64 letters, digits, '_' or '-'", lambda v: bool(_NAME_RE.match(v)),
+              "names appear in logs, metrics and task names, e.g. \"rs485\" or \"inverter-1\"")
+_NON_EMPTY = _Rule("a non-empty string", lambda v: v.strip() != "")
+_PORT = _int_between(1, 65535, "a TCP port number 1-65535")
+
+_RULES: dict[tuple[type, str], _Rule] = {
+    (SiteConfig, "id"): _Rule("a site id of 1-80 letters, digits, '_', '.', ':' or '-'",
+                              lambda v: bool(_ID_RE.match(v)),
+                              "the site id is part of every event id: pick it once and never change it"),
+    (SiteConfig, "customer_id"): _NON_EMPTY,
+    (OutboxConfig, "max_bytes"): _POSITIVE_INT,
+    (OutboxConfig, "min_free_bytes"): _NON_NEGATIVE_INT,
+    (ModbusDeviceConfig, "unit_id"): _int_between(1, 247, "a Modbus unit id 1-247",
+                                                  "the inverter's Modbus address, set on its display"),
+    (ModbusDeviceConfig, "base_address"): _int_between(0, 65535, "a register address 0-65535",
+                                                       "leave it out to discover SunS at 40000, 0, 50000"),
+    (ModbusBusConfig, "name"): _NAME,
+    (ModbusBusConfig, "baudrate"): _Rule(
+        "a standard baud rate (" + ", ".join(map(str, STANDARD_BAUDRATES)) + ")",
+        lambda v: v in STANDARD_BAUDRATES, "use the rate set on the inverters; 9600 is the SunSpec default"),
+    (ModbusBusConfig, "stopbits"): _Rule("1 or 2", lambda v: v in (1, 2)),
+    (ModbusBusConfig, "bytesize"): _Rule("7 or 8", lambda v: v in (7, 8), "Modbus RTU uses 8"),
+    (ModbusBusConfig, "tcp_port"): _PORT,
+    (ModbusBusConfig, "timeout_seconds"): _POSITIVE_SECONDS,
+    (ModbusBusConfig, "poll_interval_seconds"): _POSITIVE_SECONDS,
+    (MqttConfig, "name"): _NAME,
+    (MqttConfig, "keepalive_seconds"): _int_between(1, 65535, "a number of seconds 1-65535"),
+    (DataCloudConfig, "login_url"): _NON_EMPTY,
+    (DataCloudConfig, "client_id"): _NON_EMPTY,
+    (DataCloudConfig, "username"): _NON_EMPTY,
+    (DataCloudConfig, "source_name"): _NAME,
+    (DataCloudConfig, "object_name"): _Rule("an object name (a letter, then letters, digits or '_')",
+                                            lambda v: bool(_OBJECT_RE.match(v))),
+    (DataCloudConfig, "timeout_seconds"): _POSITIVE_SECONDS,
+    (DrainConfig, "flush_interval_seconds"): _POSITIVE_SECONDS,
+    (DrainConfig, "batch_max_bytes"): _int_between(
+        1, MAX_BATCH_BYTES, f"a positive integer at most {MAX_BATCH_BYTES:_}",
+        f"a streaming request must stay under {STREAMING_BODY_LIMIT:_} bytes including the envelope"),
+    (DrainConfig, "bulk_after_seconds"): _POSITIVE_SECONDS,
+    (DrainConfig, "bulk_min_rows"): _POSITIVE_INT,
+    (DrainConfig, "bulk_file_max_bytes"): _int_between(
+        1, MAX_BULK_FILE_BYTES, f"a positive integer at most {MAX_BULK_FILE_BYTES:_}",
+        "the Ingestion API takes bulk CSV files of at most 150 MB"),
+    (DrainConfig, "max_requests_per_second"): _num_above(
+        0, f"a number > 0 and at most {MAX_REQUESTS_PER_SECOND:g}", MAX_REQUESTS_PER_SECOND),
+    (DrainConfig, "retry_max_seconds"): _POSITIVE_SECONDS,
+    (DrainConfig, "reconnect_jitter_seconds"): _num_above(0, "a number of seconds >= 0", inclusive=True),
+}
+
+# Hints for required keys that are missing.
+_REQUIRED_HINTS: Final = {
+    "site": "add a [site] table with id and customer_id",
+    "datacloud": "add a [datacloud] table; see config/site.example.toml",
+    "site.id": 'a short stable id for this plant, e.g. id = "plant-042"',
+    "site.customer_id": "the Salesforce account id the site belongs to",
+    "datacloud.private_key_path": 'the PEM key of the connected app, e.g. "credential:solar-agent.key"',
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """A value already shortened for an error message."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _show(value: Any) -> Any:
+    """The bad value as an error shows it: short, and never a whole table."""
+    if isinstance(value, dict):
+        return _Shown("a table")
+    if isinstance(value, list):
+        return _Shown(f"an array of {len(value)}") if len(repr(value)) > 60 else value
+    if isinstance(value, str) and len(value) > 60:
+        return value[:57] + "..."
+    return value
+
+
+def _toml_type(value: Any) -> str:
+    for typ, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+                      (dict, "a table"), (list, "an array")):
+        if isinstance(value, typ):
+            return name
+    return type(value).__name__  # datetime and friends
+
+
+_HINTS_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS_CACHE:
+        _HINTS_CACHE[cls] = typing.get_type_hints(cls)
+    return _HINTS_CACHE[cls]
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field holds (directly or as a tuple of them), if any."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    if typing.get_origin(tp) is tuple:
+        inner = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+            return inner
+    return None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _looks_secret(key: str) -> bool:
+    k = key.lower().replace("-", "_")
+    if k.endswith(("_file", "_path")):
+        return False
+    return k in _SECRET_NAMES or k.endswith(("_password", "_secret", "_token", "_key", "_passphrase"))
+
+
+def _size_hint(text: str) -> str | None:
+    """``"10GB"`` -> ``"write 10_000_000_000"``: the number the technician meant, in bytes."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        return None
+    number = float(m.group(1).replace("_", ""))
+    unit = (m.group(2) or "").lower()
+    unit = "" if unit in ("b", "byte", "bytes") else unit.removesuffix("b")
+    mult = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+            "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}.get(unit)
+    if mult is None or not math.isfinite(number):
+        return None
+    return f"write {int(number * mult):_}"
+
+
+def _duration_hint(text: str) -> str | None:
+    m = _DURATION_RE.match(text)
+    if not m:
+        return None
+    number = float(m.group(1).replace("_", ""))
+    unit = (m.group(2) or "s").lower()
+    mult = 0.001 if unit == "ms" else 60 if unit.startswith("m") else 3600 if unit.startswith("h") else 1
+    return f"write {number * mult:g} (a bare number; the unit is in the key name)"
+
+
+def _syntax_error(file: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    msg = str(exc)
+    m = _SYNTAX_POS_RE.search(msg)
+    reason = _SYNTAX_POS_RE.sub("", msg).strip()
+    if m is None:
+        return ConfigError(file, "(syntax)", f"TOML syntax error: {reason}")
+    line_no, col = int(m.group(1)), int(m.group(2))
+    lines = text.splitlines()
+    line = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
+    hint = "check the quotes, brackets and '=' on that line (strings need \"double quotes\")"
+    if line.strip():
+        hint += f"; the line reads: {line.strip()[:80]}"
+    return ConfigError(file, f"line {line_no}, column {col}", f"TOML syntax error: {reason}", hint=hint)
+
+
+class _Ctx:
+    """One load: where relative paths and credentials resolve, and the errors found so far."""
+
+    def __init__(self, file: str, base_dir: Path, credentials_dir: Path | None) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self.credentials_dir = credentials_dir
+        self.errors: list[ConfigError] = []
+
+    def error(self, key: str, message: str, value: Any = None, hint: str | None = None) -> None:
+        self.errors.append(ConfigError(self.file, key, message, value=value, hint=hint))
+
+    # -- tables -------------------------------------------------------------------------------
+
+    def build(self, cls: type, data: Mapping[str, Any], path: str, extra: dict[str, Any] | None = None) -> Any:
+        """One dataclass from one TOML table; ``_BAD`` when anything inside it was wrong."""
+        before = len(self.errors)
+        hints = _hints(cls)
+        known = [f.name for f in dataclasses.fields(cls) if f.name not in _INTERNAL_FIELDS]
+        kwargs: dict[str, Any] = dict(extra or {})
+        for key, value in data.items():  # in file order, so errors read top to bottom
+            if key not in known:
+                self._unknown(path, key, known)
+                continue
+            converted = self.convert(hints[key], value, _join(path, key), cls, key)
+            if converted is not _BAD:
+                kwargs[key] = converted
+        for f in dataclasses.fields(cls):
+            kp = _join(path, f.name)
+            if f.name in data or f.name in _INTERNAL_FIELDS:
+                continue
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.error(kp, "is required", hint=_REQUIRED_HINTS.get(_strip_indexes(kp)))
+        if len(self.errors) > before:
+            return _BAD
+        obj = cls(**kwargs)
+        check = _CHECKS.get(cls)
+        if check is not None:
+            check(self, obj, path, data)
+        return obj
+
+    def _unknown(self, path: str, key: str, known: list[str]) -> None:
+        kp = _join(path, key)
+        if _looks_secret(key):
+            file_keys = [k for k in known if k in _SECRET_FILE_KEYS]
+            where = file_keys[0] if file_keys else "a *_file or *_path key"
+            # Never echo the value: it is probably the secret itself.
+            self.error(kp, "secrets are never written in the config file",
+                       hint=f"put it in a file only the agent can read (chmod 0600) and set {where} to "
+                            f"its path, or use a systemd credential: {where} = \"credential:<name>\"")
+            return
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if not close:
+            close = [k for k in known if k.lower() == key.lower().replace("-", "_")]
+        section = _strip_indexes(path) or "the top level"
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys in {section}: {', '.join(known)}"
+        self.error(kp, "unknown key", hint=hint)
+
+    # -- values -------------------------------------------------------------------------------
+
+    def convert(self, tp: Any, value: Any, kp: str, owner: type, name: str) -> Any:
+        """Check ``value`` against the annotated type ``tp`` and the key's rule; never coerce."""
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        rule = _RULES.get((owner, name))
+        if origin is Literal:
+            return self._literal(args, value, kp)
+        if origin in (typing.Union, types.UnionType):
+            inner = [a for a in args if a is not type(None)]
+            return self.convert(inner[0], value, kp, owner, name)
+        if tp is Path:
+            return self._path(value, kp, name)
+        if origin is tuple:
+            return self._tuple(args[0], value, kp, name)
+        sub = _dataclass_in(tp)
+        if sub is not None:
+            if not isinstance(value, dict):
+                extra = " (write it as [[...]] once)" if isinstance(value, list) else ""
+                self.error(kp, f"must be a table ([{_strip_indexes(kp)}]){extra}", _show(value),
+                           hint=f"got {_toml_type(value)}")
+                return _BAD
+            return self.build(sub, value, kp)
+        checked = self._scalar(tp, value, kp, rule)
+        if checked is _BAD:
+            return _BAD
+        if rule is not None and not rule.ok(checked):
+            self.error(kp, f"must be {rule.desc}", _show(value), hint=rule.hint)
+            return _BAD
+        return checked
+
+    def _scalar(self, tp: Any, value: Any, kp: str, rule: _Rule | None) -> Any:
+        want = f"must be {rule.desc}" if rule is not None else None
+        if tp is str:
+            if not isinstance(value, str):
+                self.error(kp, want or "must be a string", _show(value),
+                           hint=f'got {_toml_type(value)}; write it in double quotes, e.g. "{value}"'
+                           if isinstance(value, int | float) else f"got {_toml_type(value)}")
+                return _BAD
+            if "-----BEGIN" in value:
+                self.error(kp, "looks like a PEM key or certificate pasted into the config",
+                           hint="secrets go in a file (chmod 0600) named by a *_file/*_path key")
+                return _BAD
+            return value
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.error(kp, want or "must be true or false", _show(value),
+                           hint="write true or false without quotes")
+                return _BAD
+            return value
+        if tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            hint: str | None = f"got {_toml_type(value)}"
+            if isinstance(value, str):
+                hint = _size_hint(value) or "write a whole number without quotes"
+            elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                hint = f"write {int(value):_} (no decimal point)"
+            self.error(kp, want or "must be an integer", _show(value), hint=hint)
+            return _BAD
+        if tp is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    self.error(kp, want or "must be a finite number", value)
+                    return _BAD
+                return float(value)
+            hint = f"got {_toml_type(value)}"
+            if isinstance(value, str):
+                hint = _duration_hint(value) or "write a number without quotes"
+            self.error(kp, want or "must be a number", _show(value), hint=hint)
+            return _BAD
+        raise TypeError(f"agent.config: no converter for {tp!r} at {kp}")  # a bug in this module
+
+    def _literal(self, allowed: tuple[Any, ...], value: Any, kp: str) -> Any:
+        if isinstance(value, str) and value in allowed:
+            return value
+        choices = ", ".join(f'"{a}"' for a in allowed)
+        hint = None
+        if isinstance(value, str):
+            same = [a for a in allowed if a.lower() == value.lower()]
+            close = same or difflib.get_close_matches(value, list(allowed), n=1, cutoff=0.5)
+            if close:
+                hint = f'write "{close[0]}"'
+        else:
+            hint = f"got {_toml_type(value)}; write one of them in double quotes"
+        self.error(kp, f"must be one of {choices}", _show(value), hint=hint)
+        return _BAD
+
+    def _tuple(self, elem: Any, value: Any, kp: str, name: str) -> Any:
+        if typing.get_origin(elem) is tuple:  # a table of str -> str, kept in file order
+            if not isinstance(value, dict):
+                self.error(kp, "must be a table of name = \"path\" pairs", _show(value),
+                           hint=f'e.g. [{_strip_indexes(kp)}] with ac_power_w = "ENERGY.Power"')
+                return _BAD
+            pairs = []
+            ok = True
+            for k, v in value.items():
+                checked = self._scalar(str, v, _join(kp, k), None)
+                if checked is _BAD:
+                    ok = False
+                elif not checked.strip():
+                    self.error(_join(kp, k), "must be a non-empty JSON path", v)
+                    ok = False
+                else:
+                    pairs.append((k, checked))
+            return tuple(pairs) if ok else _BAD
+        sub = _dataclass_in(elem) if dataclasses.is_dataclass(elem) else None
+        if not isinstance(value, list):
+            if sub is not None:
+                self.error(kp, f"must be an array of tables ([[{_strip_indexes(kp)}]])", _show(value),
+                           hint=f"write each entry under its own [[{_strip_indexes(kp)}]] header")
+            else:
+                self.error(kp, "must be an array of strings", _show(value),
+                           hint=f'e.g. {name} = ["solar/#"]')
+            return _BAD
+        items = []
+        ok = True
+        for i, item in enumerate(value):
+            ikp = f"{kp}[{i}]"
+            if sub is not None:
+                if not isinstance(item, dict):
+                    self.error(ikp, "must be a table", _show(item),
+                               hint=f"write each entry under its own [[{_strip_indexes(kp)}]] header")
+                    ok = False
+                    continue
+                built = self.build(sub, item, ikp)
+            else:
+                built = self._scalar(elem, item, ikp, None)
+            if built is _BAD:
+                ok = False
+            else:
+                items.append(built)
+        return tuple(items) if ok else _BAD
+
+    def _path(self, value: Any, kp: str, name: str) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            self.error(kp, "must be a path (a non-empty string)", _show(value),
+                       hint=f"got {_toml_type(value)}" if not isinstance(value, str) else None)
+            return _BAD
+        if "\x00" in value:
+            self.error(kp, "must not contain a NUL character", _show(value))
+            return _BAD
+        if value.startswith(CREDENTIAL_PREFIX):
+            cred = value[len(CREDENTIAL_PREFIX):]
+            if name not in _SECRET_FILE_KEYS:
+                self.error(kp, "credential: is only for secret files", value,
+                           hint=f"use it in {', '.join(_SECRET_FILE_KEYS)}; write a plain path here")
+                return _BAD
+            if not _CRED_NAME_RE.match(cred) or cred in (".", ".."):
+                self.error(kp, "credential: needs a plain credential name", value,
+                           hint='e.g. "credential:solar-agent.key", the name given to LoadCredential=')
+                return _BAD
+            if self.credentials_dir is None:
+                self.error(kp, "credential: needs $CREDENTIALS_DIRECTORY, which is not set", value,
+                           hint=f"systemd sets it for a unit with LoadCredential={cred}:/path; to check the file "
+                                "by hand run with CREDENTIALS_DIRECTORY=<dir holding the file> or "
+                                "--credentials-directory")
+                return _BAD
+            return self.credentials_dir / cred
+        if value.startswith("~"):
+            self.error(kp, "~ is not expanded", value, hint="write the absolute path")
+            return _BAD
+        p = Path(value)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _strip_indexes(kp: str) -> str:
+    return re.sub(r"\[\d+\]", "", kp)
+
+
+# --------------------------------------------------------------------------------------------
+# Section checks: relations between keys, run once a section's values are individually valid
+
+
+def _set(data: Mapping[str, Any], cls: type, obj: Any, key: str) -> bool:
+    """True when the file sets ``key`` to something other than its default."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    return key in data and getattr(obj, key) != f.default
+
+
+def _check_bus(ctx: _Ctx, bus: ModbusBusConfig, path: str, data: Mapping[str, Any]) -> None:
+    if bus.transport == "rtu":
+        if not bus.port.strip():
+            ctx.error(_join(path, "port"), "is required for transport = \"rtu\"",
+                      hint='the serial device, e.g. port = "/dev/ttyUSB0" (better: /dev/serial/by-id/...)')
+        for key in _TCP_ONLY:
+            if _set(data, ModbusBusConfig, bus, key):
+                ctx.error(_join(path, key), "is only for transport = \"tcp\"", getattr(bus, key),
+                          hint="remove it, or set transport = \"tcp\"")
+    else:
+        if not bus.host.strip():
+            ctx.error(_join(path, "host"), "is required for transport = \"tcp\"",
+                      hint='the inverter\'s address, e.g. host = "192.168.1.50"')
+        for key in _RTU_ONLY:
+            if _set(data, ModbusBusConfig, bus, key):
+                ctx.error(_join(path, key), "is only for transport = \"rtu\"", getattr(bus, key),
+                          hint="remove it; the TCP port is tcp_port" if key == "port" else "remove it")
+    if not bus.devices:
+        ctx.error(_join(path, "devices"), "needs at least one device",
+                  hint=f"add a [[modbus.devices]] table with unit_id under bus {bus.name!r}")
+    seen: dict[int, int] = {}
+    for i, dev in enumerate(bus.devices):
+        if dev.unit_id in seen:
+            ctx.error(f"{path}.devices[{i}].unit_id", f"duplicate unit id on this bus (also devices[{seen[dev.unit_id]}])",
+                      dev.unit_id, hint="every device on one bus needs its own Modbus address")
+        seen.setdefault(dev.unit_id, i)
+
+
+def _check_mqtt(ctx: _Ctx, feed: MqttConfig, path: str, data: Mapping[str, Any]) -> None:
+    url_key = _join(path, "url")
+    try:
+        parts = urlsplit(feed.url)
+        port = parts.port
+    except ValueError:
+        ctx.error(url_key, "is not a valid URL", _show(feed.url), hint="e.g. mqtt://127.0.0.1:1883")
+        return
+    if parts.username is not None or parts.password is not None:
+        # The URL may carry a password: do not show it.
+        ctx.error(url_key, "must not carry credentials", hint="set username and password_file instead")
+        return
+    if parts.scheme not in ("mqtt", "mqtts"):
+        ctx.error(url_key, "must start with mqtt:// or mqtts://", _show(feed.url),
+                  hint="mqtt://host:1883 for plain TCP, mqtts://host:8883 for TLS")
+    elif not parts.hostname:
+        ctx.error(url_key, "needs a host", _show(feed.url), hint="e.g. mqtt://127.0.0.1:1883")
+    elif port == 0:
+        ctx.error(url_key, "has port 0", _show(feed.url), hint="1883 for mqtt://, 8883 for mqtts://")
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
+        ctx.error(url_key, "must be only scheme://host:port", _show(feed.url),
+                  hint="topics go in topics = [...], not in the URL")
+    if feed.ca_file is not None and parts.scheme == "mqtt":
+        ctx.error(_join(path, "ca_file"), "needs an mqtts:// url", str(feed.ca_file),
+                  hint="use mqtts:// (TLS), or remove ca_file")
+    if feed.password_file is not None and not feed.username:
+        ctx.error(_join(path, "password_file"), "needs a username", str(feed.password_file),
+                  hint="set username = \"...\" next to it")
+    for i, topic in enumerate(feed.topics):
+        problem = _topic_problem(topic)
+        if problem:
+            ctx.error(f"{path}.topics[{i}]", problem, topic, hint='e.g. "solar/#" or "solar/+/0/power"')
+    if feed.profile == "generic":
+        if not feed.fields:
+            ctx.error(_join(path, "fields"), "is required for profile = \"generic\"",
+                      hint=f'add [{_strip_indexes(path)}.fields] with lines like ac_power_w = "ENERGY.Power"')
+        if not feed.topics:
+            ctx.error(_join(path, "topics"), "is required for profile = \"generic\"",
+                      hint='the generic profile has no default topics, e.g. topics = ["tele/+/SENSOR"]')
+    else:
+        for key in _GENERIC_ONLY:
+            if _set(data, MqttConfig, feed, key):
+                ctx.error(_join(path, key), "is only for profile = \"generic\"",
+                          hint=f'remove it; profile "{feed.profile}" knows its payloads')
+    if feed.portal_id and feed.profile != "victron":
+        ctx.error(_join(path, "portal_id"), "is only for profile = \"victron\"", feed.portal_id,
+                  hint="remove it")
+
+
+def _topic_problem(topic: str) -> str | None:
+    if not topic:
+        return "must not be empty"
+    if "\x00" in topic or len(topic.encode()) > 65535:
+        return "is not a valid MQTT topic filter"
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "may use # only as the whole last level"
+        if "+" in level and level != "+":
+            return "may use + only as a whole level"
+    return None
+
+
+def _loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_datacloud(ctx: _Ctx, dc: DataCloudConfig, path: str, data: Mapping[str, Any]) -> None:
+    key = _join(path, "login_url")
+    try:
+        parts = urlsplit(dc.login_url)
+        parts.port  # noqa: B018 -- parsing the port is the check
+    except ValueError:
+        ctx.error(key, "is not a valid URL", _show(dc.login_url), hint="e.g. https://login.salesforce.com")
+        return
+    prod_hint = "https://login.salesforce.com, https://test.salesforce.com (sandbox) or your My Domain URL"
+    if parts.username is not None or parts.password is not None:
+        ctx.error(key, "must not carry credentials", hint=f"use {prod_hint}")
+    elif parts.scheme == "http" and _loopback(parts.hostname):
+        pass  # the local emulator; certificates cannot matter on loopback
+    elif parts.scheme == "http":
+        ctx.error(key, "must be https (http only for a loopback emulator)", _show(dc.login_url), hint=f"use {prod_hint}")
+    elif parts.scheme != "https":
+        ctx.error(key, "must be an https:// URL", _show(dc.login_url), hint=f"use {prod_hint}")
+    elif not parts.hostname:
+        ctx.error(key, "needs a host", _show(dc.login_url), hint=f"use {prod_hint}")
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        ctx.error(key, "must be only scheme://host[:port]", _show(dc.login_url),
+                  hint="the agent adds /services/oauth2/token itself")
+
+
+def _check_status(ctx: _Ctx, st: StatusConfig, path: str, data: Mapping[str, Any]) -> None:
+    if not st.listen:
+        return
+    key = _join(path, "listen")
+    host, sep, port_text = st.listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        ctx.error(key, "must be host:port with a port 1-65535", st.listen,
+                  hint='e.g. "127.0.0.1:9108"; leave it empty to serve on the unix socket only')
+    elif st.token_file is None:
+        ctx.error(_join(path, "token_file"), "is required when listen is set",
+                  hint="the TCP status listener needs a bearer token: token_file = \"credential:status-token\"")
+
+
+def _check_agent(ctx: _Ctx, cfg: AgentConfig, path: str, data: Mapping[str, Any]) -> None:
+    for section, items in (("modbus", cfg.modbus), ("mqtt", cfg.mqtt)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                ctx.error(f"{section}[{i}].name", f"duplicate name (also {section}[{seen[item.name]}])", item.name,
+                          hint="each bus and each feed needs its own name")
+            seen.setdefault(item.name, i)
+    names: dict[str, str] = {}
+    for b, bus in enumerate(cfg.modbus):
+        for d, dev in enumerate(bus.devices):
+            key = f"modbus[{b}].devices[{d}].name"
+            if dev.name and dev.name in names:
+                ctx.error(key, f"duplicate device name (also {names[dev.name]})", dev.name,
+                          hint="device names become device ids in Data Cloud and must be unique")
+            names.setdefault(dev.name, key)
+
+
+_CHECKS: dict[type, Callable[[_Ctx, Any, str, Mapping[str, Any]], None]] = {
+    ModbusBusConfig: _check_bus,
+    MqttConfig: _check_mqtt,
+    DataCloudConfig: _check_datacloud,
+    StatusConfig: _check_status,
+    AgentConfig: _check_agent,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Display
+
+
+_TCP_ONLY: Final = ("host", "tcp_port")
+_RTU_ONLY: Final = ("port", "baudrate", "parity", "stopbits", "bytesize")
+_GENERIC_ONLY: Final = ("fields", "device_id_path", "time_path")
+
+
+def _drop_defaults(table: dict[str, Any], cls: type, keys: Sequence[str]) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key in keys:
+        if key in table and table[key] in (_plain(defaults[key]), {}):
+            del table[key]
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue  # TOML has no null: an unset optional is simply absent
+            if f.name == "fields":
+                out[f.name] = dict(value)
+            elif f.name == "url" and isinstance(value, str):
+                out[f.name] = _without_userinfo(value)
+            else:
+                out[f.name] = _plain(value)
+        return out
+    if isinstance(obj, tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _without_userinfo(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+_BARE_KEY: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:_}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON strings are TOML basic strings once DEL is escaped too (TOML forbids it raw).
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _emit_table(lines: list[str], path: str, table: Mapping[str, Any]) -> None:
+    subtables: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+            subtables.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in subtables:
+        sub = f"{path}.{_toml_key(key)}" if path else _toml_key(key)
+        for item in _iter_tables(value):
+            lines.append("")
+            lines.append(f"[[{sub}]]" if isinstance(value, list) else f"[{sub}]")
+            _emit_table(lines, sub, item)
+
+
+def _iter_tables(value: Any) -> Iterator[Mapping[str, Any]]:
+    if isinstance(value, list):
+        yield from value
+    else:
+        yield value

@@ -351,24 +351,41 @@ class Outbox:
         return conn
 
     def _t_connect_checked(self) -> sqlite3.Connection:
+        self._t_check()
         conn = self._t_connect()
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self._sync_full else 'NORMAL'}")
-            result = [r[0] for r in conn.execute("PRAGMA quick_check")]
-            if result != ["ok"]:
-                raise _Corrupt("; ".join(str(r) for r in result[:5]))
             _schema.migrate(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-            if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            if _is_corruption(exc):
                 raise _Corrupt(str(exc)) from exc
             raise
-        except _Corrupt:
-            conn.close()
-            raise
         return conn
+
+    def _t_check(self) -> None:
+        """PRAGMA quick_check on a read-only connection.
+
+        Read-only, because closing the last read-write connection checkpoints the WAL into the
+        main file: on a damaged file that would rewrite the evidence we are about to move aside.
+        """
+        if not self._path.exists() or self._path.stat().st_size == 0:
+            return
+        try:
+            ro = sqlite3.connect(f"file:{quote(str(self._path))}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error:
+            return   # the read-write open below reports what is wrong
+        try:
+            result = [r[0] for r in ro.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            if _is_corruption(exc):
+                raise _Corrupt(str(exc)) from exc
+            raise
+        finally:
+            ro.close()
+        if result != ["ok"]:
+            raise _Corrupt("; ".join(str(r) for r in result[:5]))
 
     def _t_recover(self, reason: str) -> sqlite3.Connection:
         moved = move_aside(self._path)
@@ -729,6 +746,10 @@ class Outbox:
     def _t_delete_job(self, lease_id: int) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM bulk_jobs WHERE lease_id = ?", (lease_id,))
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 def _file_bytes(path: Path) -> int:

@@ -1,0 +1,379 @@
+"""The local status endpoint: ``/health``, ``/status`` and Prometheus ``/metrics``.
+
+It listens on a unix socket (``/run/solar-agent/status.sock``, mode 0660: file permissions are the
+access control, so no token), and optionally on TCP ``host:port`` for a monitoring system. The TCP
+listener refuses to start without a bearer token file, and every TCP request must present the
+token (compared in constant time). The two listeners are separate aiohttp applications, so a
+request can never reach the token-free handlers through TCP.
+
+The server knows nothing of the agent: it asks a :class:`StatusProvider`. Health is decided by the
+pure function :func:`evaluate_health`, tested with a table; the provider gathers its inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+import aiohttp
+from aiohttp import web
+
+from agent.errors import AgentError, ConfigError
+from agent.metrics import CONTENT_TYPE
+
+__all__ = [
+    "DeviceCheck",
+    "HealthInputs",
+    "HealthPolicy",
+    "HealthReport",
+    "StatusProvider",
+    "StatusServer",
+    "evaluate_health",
+    "fetch_status",
+]
+
+log = logging.getLogger(__name__)
+
+SOCKET_MODE = 0o660
+_CONFIG = "site config"  # the server does not know the file name; the loader's errors do
+
+
+# -- health -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """``ok`` is False when at least one reason is given. Reasons start with a stable code."""
+
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Thresholds of :func:`evaluate_health`.
+
+    Args:
+        silent_polls: a device is silent after this many expected intervals without a reading.
+        max_undelivered_seconds: the oldest undelivered reading may be this old (an outage the
+            bulk lane will backfill is still worth a look after an hour).
+        outbox_full_ratio: warn before the byte cap makes the full-outbox policy drop readings.
+    """
+
+    silent_polls: int = 3
+    max_undelivered_seconds: float = 3600.0
+    outbox_full_ratio: float = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCheck:
+    """One device as health sees it. ``expected_interval_seconds`` None: not checked (push feeds)."""
+
+    name: str
+    expected_interval_seconds: float | None
+    last_reading_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthInputs:
+    """Everything :func:`evaluate_health` looks at; all times in epoch milliseconds."""
+
+    now_ms: int
+    started_ms: int
+    devices: Sequence[DeviceCheck] = ()
+    oldest_undelivered_ms: int | None = None     # enqueue time of the oldest outbox row
+    auth_ok: bool | None = None                  # None: no token asked for yet
+    auth_error: str = ""
+    outbox_bytes: int = 0
+    outbox_max_bytes: int = 0                    # 0: no cap
+    clock_synced: bool = True
+
+
+# Stable reason codes; docs/operations.md explains each one to the technician.
+DEVICE_SILENT = "device_silent"
+DELIVERY_LAGGING = "delivery_lagging"
+AUTH_FAILING = "auth_failing"
+OUTBOX_NEARLY_FULL = "outbox_nearly_full"
+CLOCK_UNSYNCED = "clock_unsynced"
+REASON_CODES = (DEVICE_SILENT, DELIVERY_LAGGING, AUTH_FAILING, OUTBOX_NEARLY_FULL, CLOCK_UNSYNCED)
+
+
+def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy()) -> HealthReport:  # noqa: B008
+    """The health verdict, one ``code: detail`` reason per problem, in a stable order."""
+    reasons: list[str] = []
+    now = inputs.now_ms
+    for dev in inputs.devices:
+        if dev.expected_interval_seconds is None:
+            continue
+        allowed_ms = policy.silent_polls * dev.expected_interval_seconds * 1000
+        # Never read since the start: count from the start, so a fresh agent gets its grace period.
+        since = dev.last_reading_ms if dev.last_reading_ms is not None else inputs.started_ms
+        if now - since > allowed_ms:
+            last = "never" if dev.last_reading_ms is None else f"{(now - dev.last_reading_ms) / 1000:.0f}s ago"
+            reasons.append(f"{DEVICE_SILENT}: device={dev.name} last_reading={last} "
+                           f"expected_every={dev.expected_interval_seconds:g}s")
+    if inputs.oldest_undelivered_ms is not None:
+        age = (now - inputs.oldest_undelivered_ms) / 1000
+        if age > policy.max_undelivered_seconds:
+            reasons.append(f"{DELIVERY_LAGGING}: oldest_undelivered={age:.0f}s "
+                           f"limit={policy.max_undelivered_seconds:g}s")
+    if inputs.auth_ok is False:
+        detail = f" error={inputs.auth_error}" if inputs.auth_error else ""
+        reasons.append(f"{AUTH_FAILING}:{detail or ' token request refused'}")
+    if inputs.outbox_max_bytes > 0:
+        ratio = inputs.outbox_bytes / inputs.outbox_max_bytes
+        if ratio > policy.outbox_full_ratio:
+            reasons.append(f"{OUTBOX_NEARLY_FULL}: used={ratio:.0%} bytes={inputs.outbox_bytes} "
+                           f"max_bytes={inputs.outbox_max_bytes}")
+    if not inputs.clock_synced:
+        reasons.append(f"{CLOCK_UNSYNCED}: readings are held with provisional times")
+    return HealthReport(not reasons, reasons)
+
+
+# -- the provider contract ----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class StatusProvider(Protocol):
+    """What the status server asks the agent. Called on the event loop, one request at a time each.
+
+    ``status`` returns a JSON-able dict: per device the last reading, errors and state; per lane
+    the last success, backlog and retry state; outbox stats; dead letters; versions; the clock.
+    ``health`` and ``metrics_text`` must be quick and never block (no I/O): they read state the
+    agent keeps up to date. Exceptions they raise become a 500 for that request only.
+    """
+
+    async def status(self) -> dict[str, Any]: ...
+
+    def health(self) -> HealthReport: ...
+
+    def metrics_text(self) -> str: ...
+
+
+# -- the server ---------------------------------------------------------------------------------------
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _routes(provider: StatusProvider) -> list[web.RouteDef]:
+    async def health(_: web.Request) -> web.Response:
+        report = provider.health()
+        return web.json_response(report.to_json(), status=200 if report.ok else 503)
+
+    async def status(_: web.Request) -> web.Response:
+        body = await provider.status()
+        body.setdefault("health", provider.health().to_json())
+        return web.json_response(body, dumps=_dumps)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=provider.metrics_text().encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    return [web.get("/health", health), web.get("/status", status), web.get("/metrics", metrics)]
+
+
+def _dumps(obj: Any) -> str:
+    # Paths and other plain objects in the status become strings rather than a 500.
+    return json.dumps(obj, default=str)
+
+
+def _bearer_middleware(token: bytes) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest keeps the comparison time independent of where the bytes differ.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token):
+            return web.json_response({"error": "unauthorized"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="solar-agent"'})
+        return await handler(request)
+
+    return check
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(_CONFIG, "status.listen", "expected host:port", value=listen,
+                          hint='e.g. listen = "127.0.0.1:9108"')
+    return host, int(port)
+
+
+def _read_token(token_file: Path | None) -> bytes:
+    if token_file is None:
+        raise ConfigError(_CONFIG, "status.token_file", "a TCP status listener needs a bearer token file",
+                          hint="create one: head -c 32 /dev/urandom | base64 > /etc/solar-agent/status.token; "
+                               "chmod 600 it; or drop status.listen to use the unix socket only")
+    try:
+        mode = token_file.stat().st_mode
+        token = token_file.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(_CONFIG, "status.token_file", f"cannot read the token file: {exc.strerror}",
+                          value=str(token_file), hint="check the path and that the agent can read it") from exc
+    if len(token) < 16:
+        raise ConfigError(_CONFIG, "status.token_file", "the token must be at least 16 characters",
+                          value=str(token_file), hint="head -c 32 /dev/urandom | base64 > the file")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("status token file is readable by others path=%s hint=%s", token_file,
+                    f"chmod 600 {token_file}")
+    return token
+
+
+def _prepare_socket(path: Path) -> None:
+    """Create the parent directory and remove a stale socket; refuse if another agent answers there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise ConfigError(_CONFIG, "status.socket_path", "exists and is not a socket", value=str(path),
+                          hint="point socket_path at a free path, e.g. /run/solar-agent/status.sock")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # left behind by a crash: nobody listens
+        return
+    finally:
+        probe.close()
+    raise ConfigError(_CONFIG, "status.socket_path", "another process is serving this socket", value=str(path),
+                      hint="is a second solar-agent running? systemctl status solar-agent")
+
+
+class StatusServer:
+    """Serves the provider on a unix socket and/or TCP; an async context manager.
+
+    Args:
+        provider: answers health, status and metrics.
+        socket_path: the unix socket (None: no unix listener).
+        listen: ``host:port`` for TCP, empty for none; port 0 picks a free port (see ``tcp_port``).
+        token_file: the bearer token TCP clients must send; required when ``listen`` is set.
+
+    Raises ``ConfigError`` on entry when the TCP listener has no usable token, the address is
+    malformed or taken, or the socket path is in use.
+    """
+
+    def __init__(
+        self,
+        provider: StatusProvider,
+        *,
+        socket_path: Path | None,
+        listen: str = "",
+        token_file: Path | None = None,
+    ) -> None:
+        if socket_path is None and not listen:
+            raise ConfigError(_CONFIG, "status", "neither socket_path nor listen is set",
+                              hint="keep the default socket_path = /run/solar-agent/status.sock")
+        self._provider = provider
+        self._socket_path = socket_path
+        self._listen = listen
+        self._token_file = token_file
+        self._runners: list[web.AppRunner] = []
+        self._bound_socket: Path | None = None
+        self.tcp_port: int | None = None
+
+    async def __aenter__(self) -> StatusServer:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stop()
+
+    async def _start(self) -> None:
+        routes = _routes(self._provider)
+        tcp: tuple[str, int, bytes] | None = None
+        if self._listen:
+            # Validate everything before the first listener opens, so nothing half-starts.
+            host, port = _parse_listen(self._listen)
+            tcp = (host, port, await asyncio.to_thread(_read_token, self._token_file))
+        if self._socket_path is not None:
+            path = self._socket_path
+            await asyncio.to_thread(_prepare_socket, path)
+            runner = await self._runner(routes, [])
+            await web.UnixSite(runner, str(path)).start()
+            self._bound_socket = path
+            await asyncio.to_thread(os.chmod, path, SOCKET_MODE)
+            log.info("status listening socket=%s", path)
+        if tcp is not None:
+            host, port, token = tcp
+            runner = await self._runner(routes, [_bearer_middleware(token)])
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(_CONFIG, "status.listen", f"cannot listen: {exc.strerror}", value=self._listen,
+                                  hint="pick a free port on a local address") from exc
+            self.tcp_port = int(runner.addresses[0][1])
+            log.info("status listening tcp=%s:%d auth=bearer", host, self.tcp_port)
+
+    async def _runner(self, routes: list[web.RouteDef], middlewares: list[Any]) -> web.AppRunner:
+        app = web.Application(middlewares=middlewares)
+        app.add_routes(routes)
+        # No access log: a Prometheus scrape every 15 s would flood the journal.
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        return runner
+
+    async def _stop(self) -> None:
+        while self._runners:
+            await self._runners.pop().cleanup()
+        if self._bound_socket is not None:
+            # Only our own socket: a refused start must not unlink another agent's.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(_unlink_socket, self._bound_socket)
+            self._bound_socket = None
+
+
+def _unlink_socket(path: Path) -> None:
+    if path.is_socket():
+        path.unlink()
+
+
+# -- the CLI's client -----------------------------------------------------------------------------------
+
+
+async def fetch_status(socket_path: Path, *, timeout_seconds: float = 5.0) -> dict[str, Any] | None:
+    """The agent's ``/status`` over its unix socket; None when the agent is not running.
+
+    Raises ``AgentError`` (with a hint) when the socket exists but cannot be used: no permission,
+    or the agent answered with an error.
+    """
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.get("http://solar-agent/status") as response,
+        ):
+            if response.status != 200:
+                raise AgentError(f"the agent answered /status with HTTP {response.status}",
+                                 hint="journalctl -u solar-agent -n 50")
+            body: dict[str, Any] = await response.json()
+            return body
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, PermissionError):
+            raise AgentError(f"no permission to open {socket_path}",
+                             hint="run it with sudo (the socket belongs to the service)") from exc
+        return None  # absent or refused: not running
+    except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+        raise AgentError(f"the agent did not answer on {socket_path}: {exc!r}",
+                         hint="systemctl status solar-agent; journalctl -u solar-agent -n 50") from exc

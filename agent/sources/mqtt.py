@@ -1,0 +1,328 @@
+"""MQTT source: subscribes with QoS 1 on a persistent session and PUBACKs after the outbox commit.
+
+paho-mqtt 2.x runs its own network thread (``loop_start``); its callbacks only hand events to the
+event loop (``call_soon_threadsafe`` into an ``asyncio.Queue``), and everything else - decoding,
+``await emit``, acks - happens in ``run`` on the event loop, one message at a time.
+
+Durability. The client uses ``manual_ack=True``, a fixed client id and a persistent session
+(MQTT 5: clean_start=False + session expiry; 3.1.1: clean_session=False). A message is acked
+only after the readings it contributed to were committed by ``await emit(...)``; a message that
+feeds no reading (names, status, malformed payloads) is acked once counted. If the process dies
+in between, the broker still holds the message unacked and redelivers it on the next connect.
+After a reconnect the decoder's held state is dropped and queued messages of the old connection
+are skipped without an ack, because the broker redelivers every unacked message.
+
+Read-only. The only publish is the Victron ``R/<portal>/keepalive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import MqttConfig
+from agent.errors import ConfigError, PayloadError
+from agent.records import Reading
+from agent.sources import DeviceHealth, Emit
+from agent.sources.profiles import PROFILES, Decoder, victron
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_SECONDS: Final = 7 * 24 * 3600   # a week-long outage of the agent still gets its queue
+RECEIVE_MAXIMUM: Final = 100                     # unacked QoS 1 messages the broker may have in flight
+TICK_SECONDS: Final = 1.0
+ERROR_LOG_INTERVAL_MS: Final = 60_000            # one malformed-payload line per device per minute
+
+
+@dataclass(frozen=True, slots=True)
+class _Msg:
+    gen: int
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Conn:
+    gen: int
+    ok: bool
+    reason: str
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Down:
+    reason: str
+    failed_attempt: bool     # True: a connect attempt failed (refused, TLS); False: a live connection dropped
+
+
+_Event = _Msg | _Conn | _Down
+
+
+def parse_url(url: str, where: str = "mqtt.url") -> tuple[str, int, bool]:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` -> (host, port, tls)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError("<site config>", where, "must be mqtt://host[:port] or mqtts://host[:port]", value=url)
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError("<site config>", where, "bad port", value=url) from None
+    return parts.hostname, port, tls
+
+
+class MqttSource:
+    """One ``[[mqtt]]`` section: one broker connection, one profile decoder."""
+
+    def __init__(self, cfg: MqttConfig, site_id: str, *, protocol: Literal[5, 4] = 5,
+                 tick_seconds: float = TICK_SECONDS) -> None:
+        """Validate the config (fails fast with ConfigError); nothing connects before ``run``.
+
+        Args:
+            protocol: 5 for MQTT 5, 4 for MQTT 3.1.1 (older brokers).
+            tick_seconds: how often quiet cycles are flushed.
+        """
+        self.cfg = cfg
+        self.name = f"mqtt:{cfg.name}"
+        self.client_id = cfg.client_id or f"solar-agent-{site_id}-{cfg.name}"
+        self.host, self.port, self.tls = parse_url(cfg.url, f"mqtt[{cfg.name}].url")
+        if cfg.profile not in PROFILES:
+            raise ConfigError("<site config>", f"mqtt[{cfg.name}].profile", "unknown profile", value=cfg.profile,
+                              hint=f"one of {', '.join(PROFILES)}")
+        if cfg.profile == "victron" and not cfg.portal_id:
+            raise ConfigError("<site config>", f"mqtt[{cfg.name}].portal_id", "required for the victron profile",
+                              hint="the GX only publishes while it receives R/<portal id>/keepalive; "
+                                   "find the id under Settings > VRM online portal")
+        profile = PROFILES[cfg.profile]
+        self.topics = profile.default_topics(cfg)
+        self._decoder: Decoder = profile.new_decoder(cfg)
+        self.protocol = protocol
+        self.tick_seconds = tick_seconds
+        self._health: dict[str, DeviceHealth] = {}
+        self._last_log_ms: dict[str, int] = {}
+        self._suppressed: dict[str, int] = {}
+        self._thread_gen = 0          # written by the paho thread only
+        self._gen = 0                 # the connection whose messages we process
+        self._subscribed = False
+        self.connected = False
+        # counters for status and tests
+        self.connects = 0
+        self.connect_failures = 0
+        self.last_connect_error = ""
+        self.malformed_total = 0
+        self.acked_total = 0
+        self.received_total = 0
+
+    # -- Source protocol ----------------------------------------------------------------------
+    def health(self) -> Sequence[DeviceHealth]:
+        return list(self._health.values())
+
+    async def run(self, emit: Emit) -> None:
+        """Connect, subscribe, decode, commit, ack - until cancelled. Broker outages never end it."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[_Event] = asyncio.Queue()
+        client = await asyncio.to_thread(self._make_client, loop, queue)
+        client.loop_start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.cfg.profile == "victron":
+                    tg.create_task(self._keepalive(client), name=f"agent[{self.name}].keepalive")
+                await self._consume(queue, client, emit)
+        finally:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            self.connected = False
+
+    # -- client setup (runs in a thread: reads the password and CA files) ---------------------
+    def _make_client(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Event]) -> paho.Client:
+        v5 = self.protocol == 5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False, manual_ack=True,
+        )
+        client.max_inflight_messages_set(RECEIVE_MAXIMUM)      # must precede connect in paho 2.x
+        # Jitter the floor so a fleet of gateways does not reconnect in lockstep after a broker restart.
+        client.reconnect_delay_set(min_delay=1 + random.randint(0, 2), max_delay=60 + random.randint(0, 30))
+        if self.cfg.username:
+            password = None
+            if self.cfg.password_file is not None:
+                password = _read_secret(self.cfg.password_file, f"mqtt[{self.cfg.name}].password_file")
+            client.username_pw_set(self.cfg.username, password)
+        if self.tls:
+            try:
+                # Verification and hostname checks stay on; there is deliberately no insecure switch.
+                client.tls_set(ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
+                               cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("<site config>", f"mqtt[{self.cfg.name}].ca_file", f"cannot load: {exc}",
+                                  value=str(self.cfg.ca_file), hint="a PEM file with the broker's CA") from exc
+
+        def post(item: _Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def on_connect(cl: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
+            self._thread_gen += 1
+            post(_Conn(self._thread_gen, not rc.is_failure, str(rc), bool(flags.session_present)))
+
+        def on_connect_fail(cl: paho.Client, ud: Any) -> None:
+            post(_Down("connection attempt failed (refused, unreachable or TLS verification)", True))
+
+        def on_disconnect(cl: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
+            post(_Down(str(rc), False))
+
+        def on_message(cl: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
+            post(_Msg(self._thread_gen, msg.topic, bytes(msg.payload), msg.qos, msg.mid))
+
+        client.on_connect = on_connect
+        client.on_connect_fail = on_connect_fail
+        client.on_disconnect = on_disconnect
+        client.on_message = on_message
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
+        client.connect_async(self.host, self.port, keepalive=self.cfg.keepalive_seconds,
+                             clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
+        return client
+
+    # -- the event loop side --------------------------------------------------------------------
+    async def _consume(self, queue: asyncio.Queue[_Event], client: paho.Client, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self.tick_seconds
+        while True:
+            try:
+                item: _Event | None = await asyncio.wait_for(queue.get(), max(0.0, next_tick - loop.time()))
+            except TimeoutError:
+                item = None
+            if isinstance(item, _Msg):
+                await self._message(item, client, emit)
+            elif isinstance(item, _Conn):
+                self._connected(item, client)
+            elif isinstance(item, _Down):
+                self._down(item)
+            if loop.time() >= next_tick:
+                next_tick = loop.time() + self.tick_seconds
+                await self._commit(self._decoder.tick(_now_ms()), client, emit)
+
+    def _connected(self, ev: _Conn, client: paho.Client) -> None:
+        if not ev.ok:
+            self.connect_failures += 1
+            self.last_connect_error = ev.reason
+            log.error("mqtt connect refused source=%s url=%s reason=%s hint=%s", self.name, self.cfg.url,
+                      ev.reason, "check username, password_file and the broker's ACL for this client id")
+            return
+        self._gen = ev.gen
+        self._decoder.reset()                    # the broker redelivers whatever we held unacked
+        self.connected = True
+        self.connects += 1
+        log.info("mqtt connected source=%s url=%s client_id=%s session_present=%s", self.name, self.cfg.url,
+                 self.client_id, ev.session_present)
+        if not self._subscribed or not ev.session_present:
+            # A kept session keeps its subscriptions; re-subscribing would replay every retained value.
+            client.subscribe([(t, 1) for t in self.topics])
+            self._subscribed = True
+        if self.cfg.profile == "victron":
+            # After the SUBSCRIBE on the same connection, so the full republish reaches us.
+            client.publish(victron.keepalive_topic(self.cfg.portal_id), victron.FIRST_KEEPALIVE, qos=0)
+
+    def _down(self, ev: _Down) -> None:
+        if ev.failed_attempt:
+            self.connect_failures += 1
+            self.last_connect_error = ev.reason
+            log.warning("mqtt connect failed source=%s url=%s reason=%s hint=%s", self.name, self.cfg.url,
+                        ev.reason, "is the broker up and reachable; for mqtts:// is ca_file the broker's CA")
+        elif self.connected:
+            log.warning("mqtt disconnected source=%s url=%s reason=%s (paho reconnects with backoff)",
+                        self.name, self.cfg.url, ev.reason)
+        self.connected = False
+
+    async def _message(self, msg: _Msg, client: paho.Client, emit: Emit) -> None:
+        if msg.gen != self._gen:
+            return          # from a connection that is gone: unacked, so the broker redelivers it
+        self.received_total += 1
+        tag: Hashable | None = (msg.mid, msg.qos) if msg.qos > 0 else None
+        now = _now_ms()
+        try:
+            readings = self._decoder.feed(msg.topic, msg.payload, now, tag)
+        except PayloadError as exc:
+            self._malformed(msg.topic, exc, now)
+            readings = []
+        await self._commit(readings, client, emit)
+
+    async def _commit(self, readings: list[Reading], client: paho.Client, emit: Emit) -> None:
+        # Take the tags before awaiting: they belong to exactly the readings committed below.
+        tags = self._decoder.release()
+        if readings:
+            await emit(readings)
+            for r in readings:
+                h = self._device(r.device_id)
+                h.readings_total += 1
+                h.last_reading_ms = r.time_ms
+                h.consecutive_failures = 0
+                h.state = "ok"
+        for tag in tags:
+            mid, qos = tag  # type: ignore[misc]
+            client.ack(mid, qos)
+            self.acked_total += 1
+
+    def _malformed(self, topic: str, exc: PayloadError, now_ms: int) -> None:
+        self.malformed_total += 1
+        device = self._decoder.device_of(topic)
+        h = self._device(device)
+        h.errors["malformed"] += 1
+        h.consecutive_failures += 1
+        h.last_error = exc.message
+        last = self._last_log_ms.get(device)
+        if last is not None and now_ms - last < ERROR_LOG_INTERVAL_MS:
+            self._suppressed[device] = self._suppressed.get(device, 0) + 1
+            return
+        self._last_log_ms[device] = now_ms
+        log.warning("malformed payload source=%s device=%s topic=%s error=%s suppressed=%d hint=%s",
+                    self.name, device, topic, exc.message, self._suppressed.pop(device, 0),
+                    exc.hint or f"check that profile={self.cfg.profile} matches what the device publishes")
+
+    def _device(self, device: str) -> DeviceHealth:
+        h = self._health.get(device)
+        if h is None:
+            h = self._health[device] = DeviceHealth(device=device, source=self.name)
+        return h
+
+    async def _keepalive(self, client: paho.Client) -> None:
+        """Victron: keep the GX publishing (it stops 60 s after the last keepalive)."""
+        topic = victron.keepalive_topic(self.cfg.portal_id)
+        while True:
+            await asyncio.sleep(victron.KEEPALIVE_INTERVAL_SECONDS)
+            if self.connected:
+                client.publish(topic, victron.NEXT_KEEPALIVE, qos=0)
+
+
+def _read_secret(path: Path, key: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError("<site config>", key, f"cannot read: {exc.strerror}", value=str(path),
+                          hint="the file must be readable by the agent's user (0600)") from exc
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+__all__ = ["MqttSource", "parse_url"]

@@ -1,0 +1,99 @@
+"""MQTT payload profiles: which topics a device family uses and how its payloads become readings.
+
+Pure decoding, no I/O: a ``Profile`` names the default subscriptions and builds a ``Decoder``,
+a small state object fed one message at a time. ``PROFILES`` is the registry keyed by the
+``profile`` value of an ``[[mqtt]]`` config section.
+
+Decoder contract (see ``_base`` for the ack bookkeeping)::
+
+    feed(topic, payload, now_ms, tag=None) -> list[Reading]   # may raise PayloadError only
+    tick(now_ms) -> list[Reading]                              # cycles that went quiet
+    release() -> list[tag]                                     # ack these after committing the above
+    reset()                                                    # after a reconnect
+    device_of(topic) -> str                                    # for health counters and logs
+
+Read-only: every decoder ignores command/write topics (``is_write_topic``), and the agent never
+publishes anything except the Victron keepalive (``victron.keepalive_topic``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from agent.config import MqttConfig
+from agent.errors import ConfigError
+from agent.records import IDENTITY_FIELDS, Reading, load_schema
+from agent.sources.profiles import generic, opendtu, shelly, solarassistant, tasmota, victron
+from agent.sources.profiles._base import is_write_topic
+
+
+class Decoder(Protocol):
+    """Per-subscription decoder state. Not thread-safe: one owner (the source's task)."""
+
+    def feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None = None) -> list[Reading]: ...
+
+    def tick(self, now_ms: int) -> list[Reading]: ...
+
+    def release(self) -> list[Hashable]: ...
+
+    def reset(self) -> None: ...
+
+    def device_of(self, topic: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A device family: its default subscriptions and its decoder factory."""
+
+    name: str
+    topics: Callable[[MqttConfig], list[str]]
+    decoder: Callable[[MqttConfig], Decoder]
+
+    def default_topics(self, cfg: MqttConfig) -> list[str]:
+        """``cfg.topics`` when given, else the family's usual subscriptions."""
+        return list(cfg.topics) or self.topics(cfg)
+
+    @staticmethod
+    def read_only(topic: str) -> bool:
+        """True when the topic is data the agent may treat (never a command/write topic)."""
+        return not is_write_topic(topic)
+
+    def new_decoder(self, cfg: MqttConfig) -> Decoder:
+        return self.decoder(cfg)
+
+
+def _generic(cfg: MqttConfig) -> Decoder:
+    where = f"mqtt[{cfg.name}].fields"
+    if not cfg.fields:
+        raise ConfigError("<site config>", where, "the generic profile needs at least one field mapping",
+                          hint='e.g. fields = { ac_power_w = "ENERGY.Power" }')
+    known = set(load_schema().names) - set(IDENTITY_FIELDS)
+    for name, path in cfg.fields:
+        if name not in known:
+            raise ConfigError("<site config>", f"{where}.{name}", "not a metric of the schema", value=name,
+                              hint=f"one of {', '.join(sorted(known))}")
+        if not path:
+            raise ConfigError("<site config>", f"{where}.{name}", "empty JSON path")
+    return generic.GenericDecoder(cfg.fields, device_id_path=cfg.device_id_path, time_path=cfg.time_path,
+                                  topics=Profile.default_topics(PROFILES["generic"], cfg))
+
+
+def _generic_topics(cfg: MqttConfig) -> list[str]:
+    raise ConfigError("<site config>", f"mqtt[{cfg.name}].topics", "the generic profile has no default topics",
+                      hint='set topics = ["site/+/telemetry"]')
+
+
+PROFILES: Final[dict[str, Profile]] = {
+    "opendtu": Profile("opendtu", lambda cfg: opendtu.default_topics(), lambda cfg: opendtu.OpenDtuDecoder()),
+    "victron": Profile("victron", lambda cfg: victron.default_topics(cfg.portal_id),
+                       lambda cfg: victron.VictronDecoder()),
+    "solarassistant": Profile("solarassistant", lambda cfg: solarassistant.default_topics(),
+                              lambda cfg: solarassistant.SolarAssistantDecoder()),
+    "tasmota": Profile("tasmota", lambda cfg: tasmota.default_topics(), lambda cfg: tasmota.TasmotaDecoder()),
+    "shelly": Profile("shelly", lambda cfg: shelly.default_topics(), lambda cfg: shelly.ShellyDecoder()),
+    "generic": Profile("generic", _generic_topics, _generic),
+}
+
+__all__ = ["PROFILES", "Decoder", "Profile", "is_write_topic"]

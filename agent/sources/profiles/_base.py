@@ -1,0 +1,251 @@
+"""Shared machinery of the MQTT payload profiles: the read-only filter, value parsing, and the
+cycle assembler that turns topic-per-field streams into one reading per device per cycle.
+
+Ack bookkeeping lives here too, because only the decoder knows which message fed which reading.
+Every ``feed`` gets an opaque ``tag`` (the source passes the MQTT message id). A tag is *released*
+(safe to PUBACK once the readings returned so far are committed) when either
+
+* the message contributed nothing that is still held (names, status, ignored or write topics), or
+* the pending reading it contributed to has been returned by ``feed`` or ``tick``.
+
+A message that raised ``PayloadError`` contributed nothing; the source acks it after counting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from agent.errors import PayloadError
+from agent.records import Reading, Value
+
+# How long a device's cycle may stay quiet before the assembler emits what it has. Short on
+# purpose: a broker only keeps a bounded number of un-PUBACKed messages in flight (mosquitto's
+# max_inflight_messages defaults to 20), so holding a cycle open too long stalls the stream.
+DEFAULT_IDLE_MS: Final = 2_000
+
+
+def is_write_topic(topic: str) -> bool:
+    """True for command/write/request topics the read-only agent must never treat as data.
+
+    OpenDTU ``.../cmd/...``, Tasmota ``cmnd/...``, Victron ``W/...`` and ``R/...`` (requests, incl.
+    our own keepalive), SolarAssistant/HA ``.../set``, Shelly ``<prefix>/rpc`` (but not the
+    ``<prefix>/events/rpc`` notification stream, which is data).
+    """
+    parts = topic.split("/")
+    if not parts:
+        return True
+    if parts[0] in ("W", "R", "cmnd") or "cmd" in parts[:-1] or parts[-1] == "cmd":
+        return True
+    if parts[-1] == "set":
+        return True
+    return parts[-1] == "rpc" and not (len(parts) >= 2 and parts[-2] == "events")
+
+
+def parse_number(raw: bytes | str, topic: str) -> float:
+    """A plain-text number (OpenDTU, SolarAssistant). NaN/inf are malformed, not readings."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise PayloadError(f"topic={topic} payload={text[:40]!r} is not a number",
+                           hint="check that the profile matches the device's firmware") from None
+    if not math.isfinite(value):
+        raise PayloadError(f"topic={topic} payload={text[:40]!r} is not a finite number")
+    return value
+
+
+def json_number(value: Any, where: str) -> float | None:
+    """A JSON scalar as a finite float; None stays None; anything else is malformed."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PayloadError(f"{where}: expected a number, got {value!r:.40}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise PayloadError(f"{where}: not a finite number")
+    return f
+
+
+def load_json(payload: bytes, topic: str) -> Any:
+    """Parse a JSON payload or raise PayloadError naming the topic."""
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"topic={topic} payload is not JSON ({exc.__class__.__name__})",
+                           hint="check that the profile matches the device's firmware") from None
+
+
+def dig(doc: Any, path: str) -> Any:
+    """Follow a dotted path (``ENERGY.Power``, ``a.0.b`` for list items) or return None."""
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, Mapping):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+    return cur
+
+
+def scaled(value: float | None, factor: float) -> float | None:
+    """Unit conversion that keeps None and avoids float noise like 1234567.0000000002."""
+    return None if value is None else round(value * factor, 6)
+
+
+@dataclass(slots=True)
+class _Cycle:
+    """A device's current cycle: what it reported so far and which messages are still unacked."""
+
+    time_ms: int | None                      # device-reported cycle time; None: use first_ms
+    metrics: dict[str, dict[str, Value]] = field(default_factory=dict)   # device_id -> metrics
+    seen: set[str] = field(default_factory=set)                          # field keys seen this cycle
+    tags: list[Hashable] = field(default_factory=list)
+    dirty: bool = False                      # has metrics not yet returned in a reading
+    stale: bool = False                      # retained leftovers: do not emit
+    first_ms: int = 0                        # receive time of the first contribution
+    last_ms: int = 0                         # receive time of the latest contribution
+
+
+class Assembler:
+    """Per-device cycles for topic-per-field profiles.
+
+    A cycle is flushed (its reading returned) when the profile says it ended, when a field repeats
+    (the device started the next cycle), or after ``idle_ms`` without a contribution (``tick``).
+    After an idle flush the cycle stays open: later fields of the same cycle are emitted again
+    with the *union* of the metrics and the same time, so the upsert by event_id keeps the whole
+    cycle rather than replacing it with a fragment.
+    """
+
+    def __init__(self, source: str, idle_ms: int = DEFAULT_IDLE_MS) -> None:
+        self.source = source
+        self.idle_ms = idle_ms
+        self._cycles: dict[str, _Cycle] = {}
+        self._released: list[Hashable] = []
+        self._held = False
+
+    # -- tag bookkeeping -------------------------------------------------------------------
+    def begin(self) -> None:
+        self._held = False
+
+    def finish(self, tag: Hashable | None) -> None:
+        """Release ``tag`` now unless the message was attached to a pending cycle."""
+        if tag is not None and not self._held:
+            self._released.append(tag)
+
+    def release(self) -> list[Hashable]:
+        out, self._released = self._released, []
+        return out
+
+    def pending_tags(self) -> int:
+        return sum(len(c.tags) for c in self._cycles.values())
+
+    def reset(self) -> None:
+        """Forget everything held (after a reconnect the broker redelivers unacked messages)."""
+        self._cycles.clear()
+        self._released.clear()
+
+    # -- cycles ----------------------------------------------------------------------------
+    def cycle(self, key: str) -> _Cycle | None:
+        return self._cycles.get(key)
+
+    def start(self, key: str, time_ms: int | None, out: list[Reading], *, stale: bool = False) -> _Cycle:
+        """Close the key's current cycle (flushing it if dirty) and open a new one."""
+        self.flush(key, out)
+        cyc = _Cycle(time_ms=time_ms, stale=stale)
+        self._cycles[key] = cyc
+        return cyc
+
+    def put(self, key: str, device_id: str, name: str, value: Value, now_ms: int, tag: Hashable | None,
+            out: list[Reading], *, field_key: str | None = None) -> None:
+        """Add one metric; a repeated field first closes the cycle (the device moved on)."""
+        fk = field_key or f"{device_id}:{name}"
+        cyc = self._cycles.get(key)
+        if cyc is None or fk in cyc.seen:
+            cyc = self.start(key, None, out)
+        cyc.seen.add(fk)
+        cyc.metrics.setdefault(device_id, {})[name] = value
+        cyc.dirty = True
+        cyc.first_ms = cyc.first_ms or now_ms
+        cyc.last_ms = now_ms
+        self.attach(key, tag)
+
+    def attach(self, key: str, tag: Hashable | None) -> None:
+        """Hold ``tag`` until ``key``'s cycle is flushed."""
+        cyc = self._cycles.get(key)
+        if cyc is None or tag is None:
+            return
+        cyc.tags.append(tag)
+        self._held = True
+
+    def flush(self, key: str, out: list[Reading]) -> None:
+        """Return the key's cycle as readings (unless stale) and release its tags."""
+        cyc = self._cycles.get(key)
+        if cyc is None:
+            return
+        if cyc.dirty and not cyc.stale:
+            t = cyc.time_ms if cyc.time_ms is not None else cyc.first_ms
+            for device_id, metrics in cyc.metrics.items():
+                out.append(Reading(device_id=device_id, time_ms=t, source=self.source, metrics=dict(metrics)))
+        cyc.dirty = False
+        self._released.extend(cyc.tags)
+        cyc.tags.clear()
+
+    def tick(self, now_ms: int) -> list[Reading]:
+        """Flush every cycle that has been quiet for ``idle_ms``."""
+        out: list[Reading] = []
+        for key, cyc in list(self._cycles.items()):
+            if (cyc.dirty or cyc.tags) and now_ms - cyc.last_ms >= self.idle_ms:
+                self.flush(key, out)
+        return out
+
+    def keys(self) -> Iterable[str]:
+        return list(self._cycles)
+
+
+class BaseDecoder:
+    """Common ``feed`` skeleton: the read-only filter, tag release, and the assembler."""
+
+    profile = "base"
+
+    def __init__(self, idle_ms: int = DEFAULT_IDLE_MS) -> None:
+        self.asm = Assembler(f"mqtt-{self.profile}", idle_ms)
+
+    def feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None = None) -> list[Reading]:
+        """Decode one message; return the readings it completed (possibly none).
+
+        Raises PayloadError for a payload the profile cannot decode; the message is then
+        released (it holds nothing) and the decoder state is unchanged by it.
+        """
+        out: list[Reading] = []
+        self.asm.begin()
+        try:
+            if not is_write_topic(topic):
+                self._feed(topic, payload, now_ms, tag, out)
+        finally:
+            self.asm.finish(tag)
+        return out
+
+    def _feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None, out: list[Reading]) -> None:
+        raise NotImplementedError
+
+    def tick(self, now_ms: int) -> list[Reading]:
+        """Readings of cycles that went quiet; call about once a second."""
+        return self.asm.tick(now_ms)
+
+    def release(self) -> list[Hashable]:
+        """Tags that may be acked once everything returned so far has been committed."""
+        return self.asm.release()
+
+    def reset(self) -> None:
+        """Drop held state after a reconnect: the broker redelivers every unacked message."""
+        self.asm.reset()
+
+    def device_of(self, topic: str) -> str:
+        """A device name for health counters and logs of a topic (best effort)."""
+        parts = topic.split("/")
+        return parts[1] if len(parts) > 1 else topic

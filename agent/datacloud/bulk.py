@@ -304,8 +304,7 @@ class BulkUploader:
                         await upload
                     files += 1
                     rec = await self._save(replace(rec, state="uploading", files_uploaded=files))
-                    upload = asyncio.create_task(self._upload(rec, spool.take()),
-                                                 name=f"agent[bulk:{rec.job_id}].upload{files}")
+                    upload = self._start_upload(rec, spool.take(), files)
                     if files >= self.max_files:
                         # Even if nothing is left, we cannot know without pulling another chunk;
                         # the caller leases again and finds nothing.
@@ -313,8 +312,7 @@ class BulkUploader:
                         break
                 if files >= self.max_files:
                     break
-            last = spool.take()
-            if last is not None:
+            if spool.file is not None and spool.rows_in_file > 0:
                 if rec.job_id is None:
                     rec = await self._create(rec)
                     acquired = True
@@ -322,7 +320,8 @@ class BulkUploader:
                     await upload
                 files += 1
                 rec = await self._save(replace(rec, state="uploading", files_uploaded=files))
-                upload = asyncio.create_task(self._upload(rec, last), name=f"agent[bulk:{rec.job_id}].upload{files}")
+                upload = self._start_upload(rec, spool.take(), files)
+            spool.discard()
             if upload is not None:
                 await upload
                 upload = None
@@ -393,12 +392,13 @@ class BulkUploader:
         log.info("bulk job created job_id=%s lease_id=%d", job_id, rec.lease_id)
         return await self._save(replace(rec, job_id=job_id, state="Open"))
 
-    async def _upload(self, rec: BulkJobRecord, f: BinaryIO | None) -> None:
+    def _start_upload(self, rec: BulkJobRecord, f: BinaryIO | None, n: int) -> asyncio.Task[None]:
+        """Upload file ``n`` in the background while the next one is encoded (one at a time per job)."""
         assert rec.job_id is not None and f is not None
-        try:
-            await self._client.upload(rec.job_id, f)
-        finally:
-            f.close()
+        task = asyncio.create_task(self._client.upload(rec.job_id, f), name=f"agent[bulk:{rec.job_id}].upload{n}")
+        # Closed however the task ends, even if it is cancelled before it ever ran.
+        task.add_done_callback(lambda _: f.close())
+        return task
 
     async def _abort_quietly(self, rec: BulkJobRecord) -> None:
         assert rec.job_id is not None

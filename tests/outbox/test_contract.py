@@ -49,9 +49,8 @@ async def test_group_commit_shares_one_transaction(outbox: Outbox) -> None:
     blocked = writer.call(gate.wait)          # hold the writer so the appends pile up
     before = outbox.append_commits
     tasks = [asyncio.ensure_future(outbox.append(make_records(2, start=2 * i))) for i in range(50)]
-    await asyncio.sleep(0)                    # let every task queue its append (not a wait for a condition)
-    assert not any(t.done() for t in tasks)
-    gate.set()
+    # Scheduled after the tasks' first steps, which queue their appends behind the blocker.
+    asyncio.get_running_loop().call_soon(gate.set)
     await blocked
     results = await asyncio.gather(*tasks)
     assert all(r.appended == 2 for r in results)

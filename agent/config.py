@@ -233,7 +233,7 @@ def parse_config(
     if credentials_dir is None:
         env = os.environ.get("CREDENTIALS_DIRECTORY", "")
         credentials_dir = Path(env) if env else None
-    ctx = _Ctx(source_file, Path(source_file).absolute().parent,
+    ctx = _Ctx(source_file, Path(os.path.abspath(source_file)).parent,
                Path(credentials_dir) if credentials_dir is not None else None)
     if not isinstance(data, Mapping):
         ctx.error("(document)", "must be a TOML document (a table of sections)")
@@ -509,7 +509,10 @@ def _syntax_error(file: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigE
     line_no, col = int(m.group(1)), int(m.group(2))
     lines = text.splitlines()
     line = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
-    hint = "check the quotes, brackets and '=' on that line (strings need \"double quotes\")"
+    if "overwrite" in reason or "declare" in reason.lower():
+        hint = "a key or a [table] is written twice; keep one (arrays of tables use [[name]])"
+    else:
+        hint = "check the quotes, brackets and '=' on that line (strings need \"double quotes\")"
     if line.strip():
         hint += f"; the line reads: {line.strip()[:80]}"
     return ConfigError(file, f"line {line_no}, column {col}", f"TOML syntax error: {reason}", hint=hint)
@@ -737,7 +740,8 @@ class _Ctx:
             self.error(kp, "~ is not expanded", value, hint="write the absolute path")
             return _BAD
         p = Path(value)
-        return p if p.is_absolute() else self.base_dir / p
+        # Lexical normalisation only (no symlink resolution): the path the technician wrote, made absolute.
+        return p if p.is_absolute() else Path(os.path.normpath(self.base_dir / p))
 
 
 def _strip_indexes(kp: str) -> str:

@@ -124,19 +124,29 @@ class Watchdog:
 
     Args:
         notifier: where ``WATCHDOG=1`` goes.
+        default_period_seconds: the allowed gap between beats when ``register`` gives none.
         clock: a monotonic clock in seconds (injected by tests).
 
     Concurrency: meant for one event loop; ``beat`` is a dict store and never awaits.
     """
 
-    def __init__(self, notifier: Notifier, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        *,
+        default_period_seconds: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._notifier = notifier
+        self._default_period = default_period_seconds
         self._clock = clock
         self._loops: dict[str, _Loop] = {}
         self._reported: frozenset[str] = frozenset()
 
-    def register(self, name: str, period_seconds: float) -> None:
+    def register(self, name: str, period_seconds: float | None = None) -> None:
         """Expect ``beat(name)`` at least every ``period_seconds``; the clock starts now."""
+        if period_seconds is None:
+            period_seconds = self._default_period
         if period_seconds <= 0:
             raise ValueError(f"watchdog period for {name!r} must be positive")
         self._loops[name] = _Loop(period_seconds, self._clock())

@@ -33,6 +33,7 @@ from agent.errors import AgentError, ConfigError
 from agent.metrics import CONTENT_TYPE
 
 __all__ = [
+    "REASON_CODES",
     "DeviceCheck",
     "HealthInputs",
     "HealthPolicy",

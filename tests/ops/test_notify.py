@@ -135,6 +135,16 @@ def _watchdog_table(notifier: Notifier, sock: socket.socket, clock: FakeClock) -
         dog.register("x", 0)
 
 
+def test_default_period() -> None:
+    clock = FakeClock()
+    dog = Watchdog(Notifier(None), default_period_seconds=50, clock=clock)
+    dog.register("mqtt:dtu")
+    clock.now += 50
+    assert dog.stale() == []
+    clock.now += 0.1
+    assert dog.stale() == ["mqtt:dtu"]
+
+
 async def test_watchdog_run_sends_from_a_task(notify_socket: tuple[str, socket.socket]) -> None:
     address, sock = notify_socket
     notifier = Notifier(address)

@@ -14,6 +14,7 @@ import pytest
 from agent.errors import AgentError, ConfigError
 from agent.metrics import AgentMetrics
 from agent.status import (
+    REASON_CODES,
     DeviceCheck,
     HealthInputs,
     HealthPolicy,
@@ -257,3 +258,9 @@ def test_health_reasons_name_the_detail() -> None:
         "device_silent: device=inv7 last_reading=95s ago expected_every=10s",
         "auth_failing: error=invalid_grant",
     ]
+
+
+def test_every_reason_code_is_explained_to_the_technician() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    for code in REASON_CODES:
+        assert f"| `{code}` |" in guide, f"docs/operations.md does not explain {code}"

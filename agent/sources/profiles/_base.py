@@ -94,7 +94,12 @@ def dig(doc: Any, path: str) -> Any:
 
 def scaled(value: float | None, factor: float) -> float | None:
     """Unit conversion that keeps None and avoids float noise like 1234567.0000000002."""
-    return None if value is None else round(value * factor, 6)
+    if value is None:
+        return None
+    out = round(value * factor, 6)
+    if not math.isfinite(out):
+        raise PayloadError(f"value {value!r} out of range after unit conversion")
+    return out
 
 
 @dataclass(slots=True)

@@ -1,0 +1,183 @@
+"""ModbusSource against the SunSpec simulator on a pty pair (RTU) and on loopback (TCP)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
+
+from agent.config import ModbusBusConfig, ModbusDeviceConfig
+from agent.records import Reading
+from agent.simulators.ptypair import PtyPair
+from agent.simulators.sunspec_device import SunSpecSimulator
+from agent.sources import Source
+from agent.sources.modbus import ModbusSource
+from tests.peers.serial import pty_pair  # noqa: F401
+
+NOON = 1_700_006_400.0 + 12 * 3600
+INTERVAL, TIMEOUT = 0.05, 0.2
+FIELDS = {"ac_power_w": "W", "ac_energy_wh": "WH", "ac_voltage_v": "PhVphA", "ac_current_a": "A",
+          "ac_frequency_hz": "Hz", "ac_apparent_power_va": "VA", "ac_reactive_power_var": "VAr",
+          "power_factor_pct": "PF", "dc_power_w": "DCW", "dc_voltage_v": "DCV", "dc_current_a": "DCA",
+          "temperature_c": "TmpCab", "event_flags": "Evt1"}
+
+
+def expected_metrics(sim: SunSpecSimulator, unit: int) -> dict[str, object]:
+    served = sim.expected(unit)
+    out: dict[str, object] = {f: served[p] for f, p in FIELDS.items() if served[p] is not None}
+    out["operating_state"] = {4: "MPPT", 2: "SLEEPING"}[served["St"]]  # type: ignore[index]
+    return out
+
+
+class Collector:
+    """``emit`` for tests: keeps readings, wakes waiters when a condition holds."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list[Reading]]] = []
+        self._changed = asyncio.Event()
+
+    async def emit(self, readings: Sequence[Reading]) -> None:
+        self.batches.append((time.monotonic(), list(readings)))
+        self._changed.set()
+
+    def of(self, device: str) -> list[tuple[float, Reading]]:
+        return [(t, r) for t, b in self.batches for r in b if r.device_id == device]
+
+    async def until(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def running(src: ModbusSource) -> AsyncIterator[Collector]:
+    col = Collector()
+    task = asyncio.create_task(src.run(col.emit), name=f"agent[{src.name}].poll")
+    try:
+        yield col
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def bus(transport: str, units: Sequence[int], **kw: object) -> ModbusBusConfig:
+    devices = tuple(ModbusDeviceConfig(unit_id=u) for u in units)
+    return ModbusBusConfig(name="bus0", transport=transport, devices=devices,  # type: ignore[arg-type]
+                           timeout_seconds=TIMEOUT, poll_interval_seconds=INTERVAL, **kw)  # type: ignore[arg-type]
+
+
+def dev_id(sim: SunSpecSimulator, unit: int) -> str:
+    return f"SunSpecSim-{sim.serial_number(unit)}"
+
+
+async def test_two_live_units_and_a_dead_one_on_rtu(pty_pair: PtyPair) -> None:  # noqa: F811
+    sim = SunSpecSimulator((1, 2), dead_units=(3,), clock=lambda: NOON)
+    src = ModbusSource(bus("rtu", (1, 2, 3), port=pty_pair.b), now_ms=lambda: 1_700_000_000_000)
+    assert isinstance(src, Source) and src.name == "modbus:bus0"
+    async with sim.serve_rtu(pty_pair.a), running(src) as col:
+        await col.until(lambda: src.cycles >= 15)
+        one, two = col.of(dev_id(sim, 1)), col.of(dev_id(sim, 2))
+        health = {h.device: h for h in src.health()}
+    assert len(one) >= 14 and len(two) >= 14
+    for unit, got in ((1, one), (2, two)):
+        reading = got[-1][1]
+        assert reading.source == "sunspec-rtu" and reading.time_ms == 1_700_000_000_000
+        assert dict(reading.metrics) == expected_metrics(sim, unit)
+    dead = health["bus0/unit3"]
+    assert dead.readings_total == 0 and dead.errors["timeout"] >= 2 and set(dead.errors) == {"timeout"}
+    assert dead.state in ("backoff", "down")
+    # The breaker: the dead unit was asked far less often than once per cycle ...
+    assert sim.reads(3) <= src.cycles // 3
+    # ... so a live unit's gap between readings never exceeds one interval plus one timeout (plus slack).
+    gaps = [b[0] - a[0] for a, b in zip(one, one[1:], strict=False)]
+    assert max(gaps) < INTERVAL + TIMEOUT + 0.25
+    assert health[dev_id(sim, 1)].state == "ok" and not health[dev_id(sim, 1)].errors
+
+
+async def test_dead_unit_recovers_through_half_open_retry(pty_pair: PtyPair) -> None:  # noqa: F811
+    sim = SunSpecSimulator((1, 2), dead_units=(2,), clock=lambda: NOON)
+    src = ModbusSource(bus("rtu", (1, 2), port=pty_pair.b), backoff_max_seconds=0.5)
+    async with sim.serve_rtu(pty_pair.a), running(src) as col:
+        await col.until(lambda: src.health()[1].errors["timeout"] >= 2)
+        sim.set_dead(2, False)
+        await col.until(lambda: bool(col.of(dev_id(sim, 2))))
+    h = src.health()[1]
+    assert h.state == "ok" and h.consecutive_failures == 0 and h.readings_total >= 1
+
+
+@pytest.mark.parametrize(("base", "float_model"), [(50000, True), (0, False)])
+async def test_tcp_bases_and_float_model(base: int, float_model: bool) -> None:
+    sim = SunSpecSimulator((1, 5), base_address=base, float_model=float_model, clock=lambda: NOON, seed=9)
+    async with sim.serve_tcp() as served:
+        assert served.port
+        src = ModbusSource(bus("tcp", (5,), host="127.0.0.1", tcp_port=served.port))
+        async with running(src) as col:
+            await col.until(lambda: len(col.of(dev_id(sim, 5))) >= 2)
+    reading = col.of(dev_id(sim, 5))[-1][1]
+    assert reading.source == "sunspec-tcp"
+    assert dict(reading.metrics) == expected_metrics(sim, 5)
+
+
+async def test_rtu_base_zero_with_unimplemented_points(pty_pair: PtyPair) -> None:  # noqa: F811
+    sim = SunSpecSimulator((4,), base_address=0, clock=lambda: NOON, unimplemented={"Hz", "DCW_SF", "TmpCab"})
+    src = ModbusSource(bus("rtu", (4,), port=pty_pair.b))
+    async with sim.serve_rtu(pty_pair.a), running(src) as col:
+        await col.until(lambda: bool(col.of(dev_id(sim, 4))))
+    metrics = col.of(dev_id(sim, 4))[-1][1].metrics
+    assert "ac_frequency_hz" not in metrics and "dc_power_w" not in metrics and "temperature_c" not in metrics
+    assert dict(metrics) == expected_metrics(sim, 4)
+
+
+async def test_crc_garbage_and_exceptions_are_counted_and_polling_goes_on(pty_pair: PtyPair) -> None:  # noqa: F811
+    sim = SunSpecSimulator((1, 2), clock=lambda: NOON)
+    src = ModbusSource(bus("rtu", (1, 2), port=pty_pair.b))
+    async with sim.serve_rtu(pty_pair.a), running(src) as col:
+        await col.until(lambda: len(col.of(dev_id(sim, 1))) >= 2)
+        sim.corrupt_next(1)
+        sim.inject_exception(2, code=6)
+        await col.until(lambda: src.health()[0].errors["crc"] == 1 and src.health()[1].errors["exception"] == 1)
+        before = len(col.of(dev_id(sim, 1))), len(col.of(dev_id(sim, 2)))
+        await col.until(lambda: (len(col.of(dev_id(sim, 1))), len(col.of(dev_id(sim, 2)))) > before
+                        and min(len(col.of(dev_id(sim, u))) for u in (1, 2)) > min(before))
+    one, two = src.health()
+    assert dict(one.errors) == {"crc": 1} and dict(two.errors) == {"exception": 1}
+    assert one.state == two.state == "ok"
+
+
+async def test_garbage_from_the_wire_relay_is_counted_as_crc(tmp_path: object) -> None:
+    flips = {"left": 0}
+
+    def mangle(direction: str, data: bytes) -> bytes:
+        if direction == "a->b" and flips["left"] > 0:       # the simulator's answers
+            flips["left"] -= 1
+            return data[:3] + bytes([data[3] ^ 0xFF]) + data[4:]
+        return data
+
+    with PtyPair(mangle=mangle) as pair:
+        sim = SunSpecSimulator((1,), clock=lambda: NOON)
+        src = ModbusSource(bus("rtu", (1,), port=pair.b))
+        async with sim.serve_rtu(pair.a), running(src) as col:
+            await col.until(lambda: bool(col.of(dev_id(sim, 1))))
+            flips["left"] = 1
+            n = src.health()[0].readings_total
+            await col.until(lambda: src.health()[0].errors["crc"] == 1 and src.health()[0].readings_total > n + 1)
+
+
+async def test_serial_port_that_disappears_is_reopened(pty_pair: PtyPair) -> None:  # noqa: F811
+    sim = SunSpecSimulator((1,), clock=lambda: NOON)
+    src = ModbusSource(bus("rtu", (1,), port=pty_pair.b))
+    async with sim.serve_rtu(pty_pair.a), running(src) as col:
+        await col.until(lambda: bool(col.of(dev_id(sim, 1))))
+        pty_pair.replug()                                   # USB adapter re-enumerated
+        try:
+            await col.until(lambda: src.health()[0].errors["connection"] >= 1, timeout=10)
+        except TimeoutError:
+            print("HEALTH", src.health(), src._client and src._client.connected)
+            raise
+        n = len(col.of(dev_id(sim, 1)))
+        await col.until(lambda: len(col.of(dev_id(sim, 1))) > n + 1, timeout=10)

@@ -1,0 +1,114 @@
+"""Golden-folder cases for every MQTT profile (tests/cases/mqtt/<profile>/<case>/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.config import MqttConfig
+from agent.errors import ConfigError, PayloadError
+from agent.records import IDENTITY_FIELDS, load_schema
+from agent.sources.profiles import PROFILES, is_write_topic
+from agent.sources.profiles.opendtu import OpenDtuDecoder
+
+CASES = Path(__file__).parent.parent / "cases" / "mqtt"
+BASE_MS = 1_732_860_000_000
+METRICS = set(load_schema().names) - set(IDENTITY_FIELDS)
+
+
+def _cases() -> list[Path]:
+    return sorted(p for p in CASES.glob("*/*") if (p / "input.jsonl").exists())
+
+
+def _cfg(profile: str, extra: dict[str, object]) -> MqttConfig:
+    kw = dict(extra)
+    for key in ("topics", "fields"):
+        if key in kw:
+            kw[key] = tuple(tuple(x) if isinstance(x, list) else x for x in kw[key])  # type: ignore[union-attr]
+    return MqttConfig(name="case", url="mqtt://127.0.0.1", profile=profile, **kw)  # type: ignore[arg-type]
+
+
+def test_every_profile_has_cases() -> None:
+    assert {p.parent.name for p in _cases()} == set(PROFILES)
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_case(case: Path) -> None:
+    profile = case.parent.name
+    cfg_file = case / "config.json"
+    cfg = _cfg(profile, json.loads(cfg_file.read_text()) if cfg_file.exists() else {})
+    decoder = PROFILES[profile].new_decoder(cfg)
+    got, errors, tags = [], 0, []
+    last = BASE_MS
+    for n, line in enumerate((case / "input.jsonl").read_text().splitlines()):
+        msg = json.loads(line)
+        payload = bytes.fromhex(msg["payload_hex"]) if "payload_hex" in msg else msg["payload"].encode()
+        last = BASE_MS + msg["t"]
+        tags.append(n)
+        try:
+            got += decoder.feed(msg["topic"], payload, last, tag=n)
+        except PayloadError:
+            errors += 1
+    got += decoder.tick(last + 10_000)
+    expected = [json.loads(x) for x in (case / "expected.jsonl").read_text().splitlines()]
+    assert [{"device_id": r.device_id, "time_ms": r.time_ms, "metrics": dict(r.metrics)} for r in got] == expected
+    errs = case / "errors"
+    assert errors == (int(errs.read_text()) if errs.exists() else 0)
+    assert sorted(decoder.release()) == tags, "every message must be released for acking"
+    assert all(r.source == f"mqtt-{profile}" for r in got)
+    assert all(set(r.metrics) <= METRICS for r in got)
+
+
+def test_tags_are_held_until_the_cycle_is_emitted() -> None:
+    d = OpenDtuDecoder()
+    d.feed("solar/114182912345/status/last_update", b"1732860000", BASE_MS, tag="lu")
+    d.feed("solar/114182912345/0/power", b"1", BASE_MS, tag="p")
+    d.feed("solar/114182912345/name", b"x", BASE_MS, tag="name")
+    assert d.release() == ["name"]              # contributed nothing: ack right away
+    out = d.feed("solar/114182912345/status/last_update", b"1732860005", BASE_MS + 5000, tag="lu2")
+    assert [r.metrics for r in out] == [{"ac_power_w": 1.0}]
+    assert d.release() == ["lu", "p"]           # ack after `out` is committed; lu2 is held by the next cycle
+    d.reset()
+    assert d.release() == [] and d.tick(BASE_MS + 60_000) == []
+
+
+def test_idle_flush_keeps_the_cycle_whole() -> None:
+    """A cycle flushed while quiet and then continued is re-emitted with the union (same event id)."""
+    d = OpenDtuDecoder(idle_ms=1000)
+    d.feed("solar/114182912345/status/last_update", b"1732860000", BASE_MS)
+    d.feed("solar/114182912345/0/power", b"1", BASE_MS)
+    first = d.tick(BASE_MS + 1500)
+    d.feed("solar/114182912345/0/voltage", b"230", BASE_MS + 1600)
+    second = d.tick(BASE_MS + 3000)
+    assert [r.metrics for r in first] == [{"ac_power_w": 1.0}]
+    assert [(r.time_ms, r.metrics) for r in second] == [(1732860000000, {"ac_power_w": 1.0, "ac_voltage_v": 230.0})]
+
+
+@pytest.mark.parametrize(("topic", "write"), [
+    ("solar/114182912345/cmd/limit_persistent_relative", True),
+    ("W/e0ff50a097c0/vebus/257/Hub4/L1/AcPowerSetpoint", True),
+    ("R/e0ff50a097c0/keepalive", True),
+    ("cmnd/tasmota_5A9AE8/Power", True),
+    ("solar_assistant/inverter_1/work_mode_priority/set", True),
+    ("shellypro3em-08f9e0e67204/rpc", True),
+    ("shellypro3em-08f9e0e67204/events/rpc", False),
+    ("solar/114182912345/0/power", False),
+    ("N/e0ff50a097c0/system/0/Dc/Pv/Power", False),
+])
+def test_read_only_filter(topic: str, write: bool) -> None:
+    assert is_write_topic(topic) is write
+    assert PROFILES["opendtu"].read_only(topic) is not write
+
+
+def test_default_topics() -> None:
+    def cfg(profile: str, **kw: object) -> MqttConfig:
+        return MqttConfig(name="n", url="mqtt://h", profile=profile, **kw)  # type: ignore[arg-type]
+    assert PROFILES["opendtu"].default_topics(cfg("opendtu")) == ["solar/#"]
+    assert PROFILES["victron"].default_topics(cfg("victron", portal_id="abc")) == ["N/abc/#"]
+    assert PROFILES["opendtu"].default_topics(cfg("opendtu", topics=("dtu1/#",))) == ["dtu1/#"]
+    with pytest.raises(ConfigError, match="topics"):
+        PROFILES["generic"].default_topics(cfg("generic", fields=(("ac_power_w", "W"),)))
+    with pytest.raises(ConfigError, match="not a metric"):
+        PROFILES["generic"].new_decoder(cfg("generic", topics=("a/+",), fields=(("watts", "W"),)))

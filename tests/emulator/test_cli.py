@@ -1,0 +1,56 @@
+"""`solar-agent emulator` as a technician runs it: a real process, real HTTP, SIGTERM to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.peers.emulator import make_keypair
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_standalone_emulator_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    _, pub = make_keypair(tmp_path)
+    (tmp_path / "jwt.pub").write_bytes(pub)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "emulator", "--port", "0", "--public-key", str(tmp_path / "jwt.pub"),
+        "--fault-status", "503=1.0", cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    try:
+        lines: list[str] = []
+        async with asyncio.timeout(20):
+            while not any(line.startswith("agent_version") or "object_name" in line for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "emulator exited: " + "".join(lines)
+                lines.append(line)
+        text = "".join(lines)
+        url = next(line.split()[-1] for line in lines if "listening on" in line)
+        assert "[datacloud]" in text and f'login_url = "{url}"' in text
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(url + "/api/v1/ingest/sources/solar_agent/solar_panel_event", json={"data": []})
+            assert resp.status == 503  # the --fault-status switch is live
+            stats = await (await http.get(url + "/__emulator/stats")).json()
+            assert stats["injected"] == 1
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            rest = (await proc.stdout.read()).decode()
+            assert await proc.wait() == 0
+        assert "POST /api/v1/ingest/sources/solar_agent/solar_panel_event status=503" in rest + text
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_missing_key_file_is_a_usage_error(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "emulator", "--public-key", str(tmp_path / "missing.pub"),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"Error:" in err and b"Try:" in err

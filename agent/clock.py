@@ -56,7 +56,7 @@ Quality = Literal["synced", "restamped", "unsynced"]
 class _Timex(ctypes.Structure):
     # The leading fields of struct timex (<sys/timex.h>); ctypes applies the platform's alignment.
     # The padding covers the rest of the struct, which the kernel writes into.
-    _fields_ = [  # noqa: RUF012 (ctypes wants a plain list)
+    _fields_ = [
         ("modes", ctypes.c_uint),
         ("offset", ctypes.c_long),
         ("freq", ctypes.c_long),

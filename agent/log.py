@@ -39,7 +39,9 @@ _BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20)[A-Za-z0-9\-._~+/!]+=*")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # Any other three long base64url segments joined by dots (an encrypted or unusual token).
 _DOTTED = re.compile(r"\b[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}")
-_SECRET_KEYS = r"access_token|refresh_token|id_token|assertion|client_assertion|client_secret|password|passwd|token"
+_SECRET_KEYS = (
+    r"access_token|refresh_token|id_token|assertion|client_assertion|client_secret|password|passwd|token"
+)
 # key=value, key: value, "key": "value", 'key': 'value', key%3Dvalue is left to the bearer/JWT rules.
 _KEY_VALUE = re.compile(
     rf"""(?ix)
@@ -89,7 +91,7 @@ class JournalFormatter(logging.Formatter):
         super().__init__()
         self.journal = journal
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         secs = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{secs}.{int(record.msecs):03d}Z"
 

@@ -113,7 +113,7 @@ CLOCK_UNSYNCED = "clock_unsynced"
 REASON_CODES = (DEVICE_SILENT, DELIVERY_LAGGING, AUTH_FAILING, OUTBOX_NEARLY_FULL, CLOCK_UNSYNCED)
 
 
-def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy()) -> HealthReport:  # noqa: B008
+def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy()) -> HealthReport:
     """The health verdict, one ``code: detail`` reason per problem, in a stable order."""
     reasons: list[str] = []
     now = inputs.now_ms
@@ -124,7 +124,9 @@ def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy())
         # Never read since the start: count from the start, so a fresh agent gets its grace period.
         since = dev.last_reading_ms if dev.last_reading_ms is not None else inputs.started_ms
         if now - since > allowed_ms:
-            last = "never" if dev.last_reading_ms is None else f"{(now - dev.last_reading_ms) / 1000:.0f}s ago"
+            last = "never"
+            if dev.last_reading_ms is not None:
+                last = f"{(now - dev.last_reading_ms) / 1000:.0f}s ago"
             reasons.append(f"{DEVICE_SILENT}: device={dev.name} last_reading={last} "
                            f"expected_every={dev.expected_interval_seconds:g}s")
     if inputs.oldest_undelivered_ms is not None:
@@ -216,14 +218,15 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 def _read_token(token_file: Path | None) -> bytes:
     if token_file is None:
         raise ConfigError(_CONFIG, "status.token_file", "a TCP status listener needs a bearer token file",
-                          hint="create one: head -c 32 /dev/urandom | base64 > /etc/solar-agent/status.token; "
-                               "chmod 600 it; or drop status.listen to use the unix socket only")
+                          hint="create one (head -c 32 /dev/urandom | base64 > /etc/solar-agent/status.token, "
+                               "chmod 600), or drop status.listen to use the unix socket only")
     try:
         mode = token_file.stat().st_mode
         token = token_file.read_bytes().strip()
     except OSError as exc:
         raise ConfigError(_CONFIG, "status.token_file", f"cannot read the token file: {exc.strerror}",
-                          value=str(token_file), hint="check the path and that the agent can read it") from exc
+                          value=str(token_file),
+                          hint="check the path and that the agent can read it") from exc
     if len(token) < 16:
         raise ConfigError(_CONFIG, "status.token_file", "the token must be at least 16 characters",
                           value=str(token_file), hint="head -c 32 /dev/urandom | base64 > the file")
@@ -249,7 +252,8 @@ def _prepare_socket(path: Path) -> None:
         return
     finally:
         probe.close()
-    raise ConfigError(_CONFIG, "status.socket_path", "another process is serving this socket", value=str(path),
+    raise ConfigError(_CONFIG, "status.socket_path", "another process is serving this socket",
+                      value=str(path),
                       hint="is a second solar-agent running? systemctl status solar-agent")
 
 
@@ -320,7 +324,8 @@ class StatusServer:
             try:
                 await site.start()
             except OSError as exc:
-                raise ConfigError(_CONFIG, "status.listen", f"cannot listen: {exc.strerror}", value=self._listen,
+                raise ConfigError(_CONFIG, "status.listen", f"cannot listen: {exc.strerror}",
+                                  value=self._listen,
                                   hint="pick a free port on a local address") from exc
             self.tcp_port = int(runner.addresses[0][1])
             log.info("status listening tcp=%s:%d auth=bearer", host, self.tcp_port)

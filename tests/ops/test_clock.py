@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ BOOT = "b0000000-0000-4000-8000-000000000001"
 class FakeClocks:
     wall: int = 5_000          # 1970: a Pi without RTC right after boot
     boot: int = 5_000
-    state: SyncState = SyncState(False, "adjtimex")
+    state: SyncState = field(default_factory=lambda: SyncState(False, "adjtimex"))
 
     def sources(self) -> ClockSources:
         return ClockSources(wall_ms=lambda: self.wall, boot_ms=lambda: self.boot,

@@ -24,10 +24,13 @@ def _unescape(value: str) -> str:
     return "".join(out)
 
 
-def parse(text: str) -> tuple[dict[str, tuple[str, str]], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+_Series = tuple[str, frozenset[tuple[str, str]]]
+
+
+def parse(text: str) -> tuple[dict[str, tuple[str, str]], dict[_Series, float]]:
     """A small exposition-format 0.0.4 parser: (name -> (type, help), (name, labels) -> value)."""
     meta: dict[str, list[str]] = {}
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    samples: dict[_Series, float] = {}
     assert text.endswith("\n")
     for line in text.splitlines():
         if line.startswith("# HELP "):

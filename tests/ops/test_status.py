@@ -94,7 +94,7 @@ async def test_unix_socket_routes(tmp_path: Path, provider: FakeProvider) -> Non
     assert not sock.exists()
 
 
-async def test_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path, provider: FakeProvider) -> None:
+async def test_stale_socket_replaced_live_one_refused(tmp_path: Path, provider: FakeProvider) -> None:
     sock = tmp_path / "status.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(sock))
@@ -120,7 +120,8 @@ async def test_regular_file_in_the_way_is_refused(tmp_path: Path, provider: Fake
 
 async def test_tcp_requires_the_token(tmp_path: Path, provider: FakeProvider, token_file: Path) -> None:
     sock = tmp_path / "s.sock"
-    async with StatusServer(provider, socket_path=sock, listen="127.0.0.1:0", token_file=token_file) as server:
+    server = StatusServer(provider, socket_path=sock, listen="127.0.0.1:0", token_file=token_file)
+    async with server:
         assert server.tcp_port
         url = f"http://127.0.0.1:{server.tcp_port}"
         async with aiohttp.ClientSession() as s:
@@ -172,7 +173,8 @@ async def test_tcp_port_in_use(tmp_path: Path, provider: FakeProvider, token_fil
     try:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match="cannot listen"):
-            async with StatusServer(provider, socket_path=None, listen=f"127.0.0.1:{port}", token_file=token_file):
+            listen = f"127.0.0.1:{port}"
+            async with StatusServer(provider, socket_path=None, listen=listen, token_file=token_file):
                 pass
     finally:
         taken.close()

@@ -1,4 +1,4 @@
-"""The shipped systemd unit: sandbox exposure measured by systemd-analyze, and the settings the agent relies on."""
+"""The shipped systemd unit: its sandbox exposure (systemd-analyze) and the settings the agent relies on."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _unit() -> dict[str, list[str]]:
 def test_exposure_is_low() -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd) so the exposure cannot be measured")
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd): exposure not measured")
     proc = subprocess.run(
         [tool, "security", "--offline=yes", "--no-pager", str(UNIT)],
         capture_output=True, text=True, timeout=30, check=False,

@@ -218,8 +218,8 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 def _read_token(token_file: Path | None) -> bytes:
     if token_file is None:
         raise ConfigError(_CONFIG, "status.token_file", "a TCP status listener needs a bearer token file",
-                          hint="create one (head -c 32 /dev/urandom | base64 > /etc/solar-agent/status.token, "
-                               "chmod 600), or drop status.listen to use the unix socket only")
+                          hint="make one (head -c 32 /dev/urandom | base64 > /etc/solar-agent/status.token,"
+                               " chmod 600), or drop status.listen to use the unix socket only")
     try:
         mode = token_file.stat().st_mode
         token = token_file.read_bytes().strip()

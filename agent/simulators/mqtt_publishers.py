@@ -137,6 +137,7 @@ class MqttPublisher:
     devices: tuple[str, ...]
     interval_seconds: float = 5.0
     client_id: str = ""
+    messages_sent: list[Message] = field(default_factory=list)
     _expected: list[Expected] = field(default_factory=list)
     _client: paho.Client | None = None
 
@@ -172,6 +173,7 @@ class MqttPublisher:
         assert self._client is not None, "start() first"
         infos = [self._client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in msgs]
         await asyncio.to_thread(lambda: [info.wait_for_publish(10) for info in infos])
+        self.messages_sent += msgs
 
     async def publish_cycle(self, t_s: int) -> list[Expected]:
         """One cycle of every device at unix second ``t_s``; returns (and records) what to expect."""

@@ -65,7 +65,7 @@ class PtyPair:
         self.mangle = mangle
         self._lock = threading.Lock()
         self._a = _End(self._link_a)
-        self._b = _End(self._link_b)
+        self._b: _End | None = _End(self._link_b)
         self._wake_r, self._wake_w = os.pipe()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="ptypair.relay", daemon=True)
@@ -76,6 +76,9 @@ class PtyPair:
 
     @property
     def b(self) -> str:
+        """Path of side B (its link when one was given; unchanged across replugs)."""
+        if self._b is None:
+            return str(self._link_b)
         return self._b.path
 
     def start(self) -> PtyPair:
@@ -89,13 +92,28 @@ class PtyPair:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def replug(self) -> None:
-        """Close side B and recreate it on a new pty (same link name): a USB re-enumeration."""
+    def unplug(self) -> None:
+        """Side B disappears: its pty is closed and its link removed (USB adapter pulled)."""
         with self._lock:
             old = self._b
-            self._b = _End(self._link_b)
+            self._b = None
         os.write(self._wake_w, b"x")
-        old.close()
+        if old is not None:
+            old.close()
+            if old.link is not None and old.link.is_symlink():
+                old.link.unlink()
+
+    def plug(self) -> None:
+        """Side B comes back on a new pty under the same link name (USB adapter re-enumerated)."""
+        with self._lock:
+            if self._b is None:
+                self._b = _End(self._link_b)
+        os.write(self._wake_w, b"x")
+
+    def replug(self) -> None:
+        """``unplug()`` then ``plug()`` at once."""
+        self.unplug()
+        self.plug()
 
     def close(self) -> None:
         """Stop the relay thread and close every fd; remove the links."""
@@ -104,6 +122,8 @@ class PtyPair:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         for end in (self._a, self._b):
+            if end is None:
+                continue
             end.close()
             if end.link is not None and end.link.is_symlink():
                 end.link.unlink()
@@ -118,7 +138,8 @@ class PtyPair:
                     a, b = self._a, self._b
                 sel.register(self._wake_r, selectors.EVENT_READ, None)
                 sel.register(a.master, selectors.EVENT_READ, (b, "a->b"))
-                sel.register(b.master, selectors.EVENT_READ, (a, "b->a"))
+                if b is not None:
+                    sel.register(b.master, selectors.EVENT_READ, (a, "b->a"))
                 for key, _ in sel.select():
                     if key.data is None:
                         os.read(self._wake_r, 64)
@@ -130,7 +151,7 @@ class PtyPair:
                         continue           # the pty was closed under us by replug()/close()
                     if self.mangle is not None:
                         data = self.mangle(direction, data)
-                    if data:
+                    if data and target is not None:       # side B unplugged: bytes fall on the floor
                         try:
                             os.write(target.master, data)
                         except OSError as exc:

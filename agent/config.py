@@ -249,7 +249,7 @@ def check_against_schema(cfg: AgentConfig, schema: Schema) -> list[ConfigError]:
     errors: list[ConfigError] = []
     for i, feed in enumerate(cfg.mqtt):
         for name, _path in feed.fields:
-            key = f"mqtt[{i}].fields.{name}"
+            key = _join(f"mqtt[{i}].fields", name)
             if name in IDENTITY_FIELDS:
                 errors.append(ConfigError(cfg.source_file, key, "is filled by the agent itself, not from a payload",
                                           hint="map only metric fields; the device id comes from device_id_path"))
@@ -465,7 +465,9 @@ def _dataclass_in(tp: Any) -> type | None:
 
 
 def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    """``path.key``; a key that is not a TOML bare key is quoted, as TOML would write it."""
+    shown = key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+    return f"{path}.{shown}" if path else shown
 
 
 def _looks_secret(key: str) -> bool:

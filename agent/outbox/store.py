@@ -396,7 +396,7 @@ class Outbox:
         _schema.migrate(conn)
         self._conn = conn
         self._t = _Totals(0, 0, 0, 0, 0, 1)
-        now = self._now_ms()
+        started = time.monotonic()
         with Salvage(moved) as old:
             for batch in old.events():
                 with self._tx() as c:
@@ -419,7 +419,7 @@ class Outbox:
             "outbox was corrupt and has been replaced path=%s moved_to=%s reason=%r salvaged_rows=%d "
             "salvaged_dead_letters=%d unreadable=%d salvage_error=%s took_ms=%d hint=%s",
             self._path, moved, reason, self.salvaged_rows, len(dead), old.skipped, old.error,
-            self._now_ms() - now,
+            (time.monotonic() - started) * 1000,
             "readings on damaged pages are lost; check the storage (dmesg, SD card wear) and keep "
             f"{moved.name} for analysis or delete it",
         )

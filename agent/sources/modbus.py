@@ -291,7 +291,7 @@ class ModbusSource:
         interval = self.config.poll_interval_seconds
         delay = min(self._backoff_max, interval * 2 ** (h.consecutive_failures - 1)) - interval
         u.next_try = now + max(0.0, delay)
-        h.state = "ok" if delay <= 0 else ("down" if delay + interval >= self._backoff_max else "backoff")
+        h.state = "down" if delay + interval >= self._backoff_max else "backoff"
         last = u.logged.get(exc.kind)
         if last is None or now - last >= _LOG_EVERY_SECONDS:
             u.logged[exc.kind] = now

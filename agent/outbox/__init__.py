@@ -31,5 +31,6 @@ from agent.outbox.store import Outbox, read_stats
 from agent.outbox.types import AppendResult, BulkJobRecord, DeadLetter, Lease, LeasedRow, OutboxStats
 
 __all__ = [
-    "AppendResult", "BulkJobRecord", "DeadLetter", "Lease", "LeasedRow", "Outbox", "OutboxStats", "read_stats",
+    "AppendResult", "BulkJobRecord", "DeadLetter", "Lease", "LeasedRow",
+    "Outbox", "OutboxStats", "read_stats",
 ]

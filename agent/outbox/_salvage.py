@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 _RANGE = 1000
 
-SalvagedEvent = tuple[str, int, int, int, int, bytes]   # event_id, bytes, enqueued_ms, time_ms, attempts, payload
-SalvagedDead = tuple[str, bytes, str, int, int, int]    # event_id, payload, reason, rejected_ms, time_ms, attempts
+# event_id, bytes, enqueued_ms, time_ms, attempts, payload
+SalvagedEvent = tuple[str, int, int, int, int, bytes]
+# event_id, payload, reason, rejected_ms, time_ms, attempts
+SalvagedDead = tuple[str, bytes, str, int, int, int]
 
 
 def move_aside(path: Path) -> Path:
@@ -60,7 +62,8 @@ class Salvage:
 
     def __enter__(self) -> Salvage:
         try:
-            self._conn = sqlite3.connect(f"file:{quote(str(self.src))}?mode=ro", uri=True, isolation_level=None)
+            uri = f"file:{quote(str(self.src))}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             self.error = f"cannot open: {exc}"
         return self
@@ -99,7 +102,8 @@ class Salvage:
                 rows = []
                 for seq in range(lo, hi + 1):
                     try:
-                        row = self._conn.execute(f"SELECT {cols} FROM events WHERE seq = ?", (seq,)).fetchone()
+                        one = f"SELECT {cols} FROM events WHERE seq = ?"
+                        row = self._conn.execute(one, (seq,)).fetchone()
                     except sqlite3.Error:
                         self.skipped += 1
                         continue

@@ -179,13 +179,15 @@ class Outbox:
         At least one row is leased when any is ready, even if it alone is bigger than ``max_bytes``.
         ``older_than_ms`` keeps to rows enqueued before that wall time. None when nothing is ready.
         """
-        return await self._call(self._t_lease, max_records, max_bytes, older_than_ms)  # type: ignore[no-any-return]
+        lease: Lease | None = await self._call(self._t_lease, max_records, max_bytes, older_than_ms)
+        return lease
 
     async def lease_bulk(
         self, max_records: int, max_bytes: int | None = None, older_than_ms: int | None = None
     ) -> Lease | None:
         """Like ``lease`` but only marks the rows (``rows == ()``); read them with ``iter_lease``."""
-        return await self._call(self._t_lease_bulk, max_records, max_bytes, older_than_ms)  # type: ignore[no-any-return]
+        lease: Lease | None = await self._call(self._t_lease_bulk, max_records, max_bytes, older_than_ms)
+        return lease
 
     async def iter_lease(self, lease: Lease, chunk_rows: int = 5000) -> AsyncIterator[list[bytes]]:
         """The payloads still in ``lease``, in queue order, ``chunk_rows`` at a time."""
@@ -224,7 +226,9 @@ class Outbox:
         return await self._call(self._t_dead_letters, limit)  # type: ignore[no-any-return]
 
     async def requeue_dead_letters(self, event_ids: Collection[str] | None = None) -> int:
-        """Put dead letters back in the queue (all when ``event_ids`` is None); returns how many left the table.
+        """Put dead letters back in the queue (all when ``event_ids`` is None).
+
+        Returns how many left the dead-letter table.
 
         A requeue is a technician's decision, so it is not subject to the byte cap.
         """
@@ -270,9 +274,11 @@ class Outbox:
             return OutboxError(f"outbox {self._path}: {name}: {exc}")
         primary = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
         if primary == _SQLITE_FULL:
-            hint = f"free disk space under {self._path.parent} or lower outbox.max_bytes; the agent exits for systemd to restart it"
+            hint = (f"free disk space under {self._path.parent} or lower outbox.max_bytes; "
+                    "the agent exits for systemd to restart it")
         elif primary == _SQLITE_IOERR:
-            hint = "the storage failed (check dmesg and the SD card/disk health); the agent exits for systemd to restart it"
+            hint = ("the storage failed (check dmesg and the SD card/disk health); "
+                    "the agent exits for systemd to restart it")
         else:
             hint = "the agent exits for systemd to restart it; if this repeats, move the outbox file aside"
         err = OutboxFatalError(f"outbox {self._path}: cannot commit: {name}: {exc}", hint=hint)

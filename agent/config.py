@@ -251,8 +251,10 @@ def check_against_schema(cfg: AgentConfig, schema: Schema) -> list[ConfigError]:
         for name, _path in feed.fields:
             key = _join(f"mqtt[{i}].fields", name)
             if name in IDENTITY_FIELDS:
-                errors.append(ConfigError(cfg.source_file, key, "is filled by the agent itself, not from a payload",
-                                          hint="map only metric fields; the device id comes from device_id_path"))
+                errors.append(ConfigError(
+                    cfg.source_file, key, "is filled by the agent itself, not from a payload",
+                    hint="map only metric fields; the device id comes from device_id_path",
+                ))
             elif name not in schema.by_name:
                 close = difflib.get_close_matches(name, schema.names, n=1)
                 errors.append(ConfigError(
@@ -330,8 +332,10 @@ _ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
 _OBJECT_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _CRED_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
 _SIZE_RE: Final = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([kmgt]i?b?|b|bytes?)?\s*$", re.IGNORECASE)
-_DURATION_RE: Final = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)?\s*$",
-                                  re.IGNORECASE)
+_DURATION_RE: Final = re.compile(
+    r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)?\s*$",
+    re.IGNORECASE,
+)
 _SYNTAX_POS_RE: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
 _BAD: Final = object()  # a value that failed conversion (its error is already recorded)
 
@@ -534,7 +538,8 @@ class _Ctx:
 
     # -- tables -------------------------------------------------------------------------------
 
-    def build(self, cls: type, data: Mapping[str, Any], path: str, extra: dict[str, Any] | None = None) -> Any:
+    def build(self, cls: type, data: Mapping[str, Any], path: str,
+              extra: dict[str, Any] | None = None) -> Any:
         """One dataclass from one TOML table; ``_BAD`` when anything inside it was wrong."""
         before = len(self.errors)
         hints = _hints(cls)
@@ -733,8 +738,9 @@ class _Ctx:
                 return _BAD
             if self.credentials_dir is None:
                 self.error(kp, "credential: needs $CREDENTIALS_DIRECTORY, which is not set", value,
-                           hint=f"systemd sets it for a unit with LoadCredential={cred}:/path; to check the file "
-                                "by hand run with CREDENTIALS_DIRECTORY=<dir holding the file> or "
+                           hint=f"systemd sets it for a unit with LoadCredential={cred}:/path; "
+                                "to check the file by hand run with "
+                                "CREDENTIALS_DIRECTORY=<dir holding the file> or "
                                 "--credentials-directory")
                 return _BAD
             return self.credentials_dir / cred
@@ -783,8 +789,9 @@ def _check_bus(ctx: _Ctx, bus: ModbusBusConfig, path: str, data: Mapping[str, An
     seen: dict[int, int] = {}
     for i, dev in enumerate(bus.devices):
         if dev.unit_id in seen:
-            ctx.error(f"{path}.devices[{i}].unit_id", f"duplicate unit id on this bus (also devices[{seen[dev.unit_id]}])",
-                      dev.unit_id, hint="every device on one bus needs its own Modbus address")
+            ctx.error(f"{path}.devices[{i}].unit_id",
+                      f"duplicate unit id on this bus (also devices[{seen[dev.unit_id]}])", dev.unit_id,
+                      hint="every device on one bus needs its own Modbus address")
         seen.setdefault(dev.unit_id, i)
 
 
@@ -876,7 +883,8 @@ def _check_datacloud(ctx: _Ctx, dc: DataCloudConfig, path: str, data: Mapping[st
     elif parts.scheme == "http" and _loopback(parts.hostname):
         pass  # the local emulator; certificates cannot matter on loopback
     elif parts.scheme == "http":
-        ctx.error(key, "must be https (http only for a loopback emulator)", _show(dc.login_url), hint=f"use {prod_hint}")
+        ctx.error(key, "must be https (http only for a loopback emulator)", _show(dc.login_url),
+                  hint=f"use {prod_hint}")
     elif parts.scheme != "https":
         ctx.error(key, "must be an https:// URL", _show(dc.login_url), hint=f"use {prod_hint}")
     elif not parts.hostname:
@@ -897,7 +905,7 @@ def _check_status(ctx: _Ctx, st: StatusConfig, path: str, data: Mapping[str, Any
                   hint='e.g. "127.0.0.1:9108"; leave it empty to serve on the unix socket only')
     elif st.token_file is None:
         ctx.error(_join(path, "token_file"), "is required when listen is set",
-                  hint="the TCP status listener needs a bearer token: token_file = \"credential:status-token\"")
+                  hint='the TCP status listener needs a bearer token: token_file = "credential:status-token"')
 
 
 def _check_agent(ctx: _Ctx, cfg: AgentConfig, path: str, data: Mapping[str, Any]) -> None:
@@ -905,7 +913,8 @@ def _check_agent(ctx: _Ctx, cfg: AgentConfig, path: str, data: Mapping[str, Any]
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.name in seen:
-                ctx.error(f"{section}[{i}].name", f"duplicate name (also {section}[{seen[item.name]}])", item.name,
+                ctx.error(f"{section}[{i}].name", f"duplicate name (also {section}[{seen[item.name]}])",
+                          item.name,
                           hint="each bus and each feed needs its own name")
             seen.setdefault(item.name, i)
     names: dict[str, str] = {}

@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"config file (default: ${ENV_CONFIG_PATH}, else {DEFAULT_CONFIG_PATH})")
     p.add_argument("--credentials-directory", metavar="DIR",
                    help="where credential:NAME paths point (default: $CREDENTIALS_DIRECTORY, set by systemd)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the verdict, not the resolved config")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the verdict, not the resolved config")
     p.set_defaults(func=_main)
 
 
@@ -72,7 +73,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         schema = load_schema(cfg.datacloud.schema_path, cfg.datacloud.object_name)
     except SchemaError as exc:
-        _print_error(exc.message, exc.hint or "set datacloud.schema_path to the schema uploaded to the connector")
+        _print_error(exc.message,
+                     exc.hint or "set datacloud.schema_path to the schema uploaded to the connector")
         print(f"{path}: the ingestion schema is not valid", file=sys.stderr)
         return EXIT_INVALID
     errors = check_against_schema(cfg, schema)
@@ -80,9 +82,12 @@ def _main(args: argparse.Namespace) -> int:
         return _report(str(path), errors)
     if not args.quiet:
         print(to_toml(cfg))
-    print(f"OK: {path} is valid ({_count(len(cfg.modbus), 'modbus bus', 'modbus buses')}, "
-          f"{_count(device_count(cfg), 'device', 'devices')}, {_count(len(cfg.mqtt), 'mqtt feed', 'mqtt feeds')}; "
-          f"schema {len(schema.fields)} fields)")
+    counts = ", ".join((
+        _count(len(cfg.modbus), "modbus bus", "modbus buses"),
+        _count(device_count(cfg), "device", "devices"),
+        _count(len(cfg.mqtt), "mqtt feed", "mqtt feeds"),
+    ))
+    print(f"OK: {path} is valid ({counts}; schema {len(schema.fields)} fields)")
     return EXIT_OK
 
 

@@ -41,7 +41,8 @@ def example_data() -> dict[str, Any]:
 @pytest.fixture
 def write_site(tmp_path: Path) -> Callable[[str], Path]:
     """Write TOML text as site.toml next to a copy of the schema (the example refers to it)."""
-    (tmp_path / "solar_panel_event.yaml").write_bytes((REPO / "config" / "solar_panel_event.yaml").read_bytes())
+    schema = REPO / "config" / "solar_panel_event.yaml"
+    (tmp_path / "solar_panel_event.yaml").write_bytes(schema.read_bytes())
 
     def write(text: str, name: str = "site.toml") -> Path:
         path = tmp_path / name

@@ -17,7 +17,8 @@ Case = tuple[str, str, str, str, str | None]  # old text, new text, key path, sh
 
 # Each case edits the example's text (a real file, as a technician would break it).
 CASES: list[Case] = [
-    ("max_bytes = 2_000_000_000", 'max_bytes = "10GB"', "outbox.max_bytes", "(got '10GB')", "write 10_000_000_000"),
+    ("max_bytes = 2_000_000_000", 'max_bytes = "10GB"',
+     "outbox.max_bytes", "(got '10GB')", "write 10_000_000_000"),
     ("min_free_bytes = 200_000_000", "min_free_bytes = -1", "outbox.min_free_bytes", "(got -1)", None),
     ('synchronous = "full"', 'synchronous = "FULL"', "outbox.synchronous", "(got 'FULL')", 'write "full"'),
     ('when_full = "drop_oldest"', 'when_full = "drop_newest"', "outbox.when_full", "(got 'drop_newest')",
@@ -27,9 +28,11 @@ CASES: list[Case] = [
     ("unit_id = 2", 'unit_id = "2"', "modbus[0].devices[1].unit_id", "(got '2')", "write 2"),
     ("baudrate = 9600", "baudrate = 9601", "modbus[0].baudrate", "(got 9601)", "9600"),
     ('transport = "rtu"', 'transport = "serial"', "modbus[0].transport", "(got 'serial')", None),
-    ('port = "/dev/ttyUSB0"', 'port = ""', "modbus[0].port", 'is required for transport = "rtu"', "/dev/ttyUSB0"),
+    ('port = "/dev/ttyUSB0"', 'port = ""',
+     "modbus[0].port", 'is required for transport = "rtu"', "/dev/ttyUSB0"),
     ("stopbits = 1", "stopbits = true", "modbus[0].stopbits", "(got True)", None),
-    ("poll_interval_seconds = 10.0", "poll_interval_seconds = 0", "modbus[0].poll_interval_seconds", "(got 0)",
+    ("poll_interval_seconds = 10.0", "poll_interval_seconds = 0",
+     "modbus[0].poll_interval_seconds", "(got 0)",
      None),
     ("timeout_seconds = 1.0", 'timeout_seconds = "1s"', "modbus[0].timeout_seconds", "(got '1s')", "write 1"),
     ('host = "192.168.10.31"', 'host = ""', "modbus[1].host", 'is required for transport = "tcp"', None),
@@ -37,16 +40,20 @@ CASES: list[Case] = [
     ('name = "carport"', 'name = "rs485"', "modbus[1].name", "(got 'rs485')", None),
     ('name = "carport"', 'name = "car port"', "modbus[1].name", "(got 'car port')", None),
     ('name = "inv-west"', 'name = "inv-east"', "modbus[0].devices[1].name", "(got 'inv-east')", "unique"),
-    ("\ntcp_port = 502", "\ntcp_port = 502\nbaudrate = 19200", "modbus[1].baudrate", "(got 19200)", "remove it"),
+    ("\ntcp_port = 502", "\ntcp_port = 502\nbaudrate = 19200",
+     "modbus[1].baudrate", "(got 19200)", "remove it"),
     ('url = "mqtt://127.0.0.1:1883"', 'url = "http://127.0.0.1:1883"', "mqtt[0].url",
      "(got 'http://127.0.0.1:1883')", "mqtt://host:1883"),
-    ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://127.0.0.1:99999"', "mqtt[0].url", "not a valid URL", None),
+    ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://127.0.0.1:99999"',
+     "mqtt[0].url", "not a valid URL", None),
     ('profile = "opendtu"', 'profile = "opendtux"', "mqtt[0].profile", "(got 'opendtux')", 'write "opendtu"'),
     ('topics = ["solar/#"]', 'topics = ["solar/#/x"]', "mqtt[0].topics[0]", "(got 'solar/#/x')", None),
     ('topics = ["solar/#"]', 'topics = "solar/#"', "mqtt[0].topics", "(got 'solar/#')", '["solar/#"]'),
-    ("keepalive_seconds = 60", "keepalive_seconds = 60.0", "mqtt[0].keepalive_seconds", "(got 60.0)", "write 60"),
+    ("keepalive_seconds = 60", "keepalive_seconds = 60.0",
+     "mqtt[0].keepalive_seconds", "(got 60.0)", "write 60"),
     ('username = "solar-agent"', 'username = ""', "mqtt[0].password_file", "needs a username", None),
-    ("# ca_file = \"/etc/solar-agent/broker-ca.pem\"", 'ca_file = "ca.pem"', "mqtt[0].ca_file", "ca.pem", "mqtts"),
+    ("# ca_file = \"/etc/solar-agent/broker-ca.pem\"", 'ca_file = "ca.pem"',
+     "mqtt[0].ca_file", "ca.pem", "mqtts"),
     ('profile = "opendtu"', 'profile = "opendtu"\ntime_path = "ts"', "mqtt[0].time_path", 'only for profile',
      None),
     ('login_url = "https://login.salesforce.com"', 'login_url = "http://login.salesforce.com"',
@@ -56,10 +63,12 @@ CASES: list[Case] = [
     ('login_url = "https://login.salesforce.com"', 'login_url = "https://login.salesforce.com/services"',
      "datacloud.login_url", "services", "adds /services/oauth2/token itself"),
     ('source_name = "solar_agent"', "source_name = 7", "datacloud.source_name", "(got 7)", None),
-    ('client_id = "3MVG9', 'client_xd = "3MVG9', "datacloud.client_xd", "unknown key", "did you mean 'client_id'?"),
+    ('client_id = "3MVG9', 'client_xd = "3MVG9',
+     "datacloud.client_xd", "unknown key", "did you mean 'client_id'?"),
     ("flush_interval_seconds = 30.0", 'flush_interval_seconds = "30s"', "drain.flush_interval_seconds",
      "(got '30s')", "write 30"),
-    ("batch_max_bytes = 190_000", "batch_max_bytes = 200_000", "drain.batch_max_bytes", "(got 200000)", "200_000"),
+    ("batch_max_bytes = 190_000", "batch_max_bytes = 200_000",
+     "drain.batch_max_bytes", "(got 200000)", "200_000"),
     ("bulk_file_max_bytes = 150_000_000", "bulk_file_max_bytes = 150_000_001", "drain.bulk_file_max_bytes",
      "(got 150000001)", "150 MB"),
     ("max_requests_per_second = 2.0", "max_requests_per_second = nan", "drain.max_requests_per_second",
@@ -76,7 +85,8 @@ CASES: list[Case] = [
 ]
 
 
-@pytest.mark.parametrize(("old", "new", "key", "shown", "hint"), CASES, ids=[f"{c[2]}<-{c[1][:30]}" for c in CASES])
+@pytest.mark.parametrize(("old", "new", "key", "shown", "hint"), CASES,
+                         ids=[f"{c[2]}<-{c[1][:30]}" for c in CASES])
 def test_broken_copy_names_file_key_value_and_hint(
     write_site: Callable[[str], Path], capsys: pytest.CaptureFixture[str],
     old: str, new: str, key: str, shown: str, hint: str | None,
@@ -122,7 +132,8 @@ def test_single_error_keeps_its_message_and_hint(write_site: Callable[[str], Pat
 
 
 def test_unknown_key_did_you_mean(write_site: Callable[[str], Path]) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace("poll_interval_seconds = 10.0", "poll_intervall_seconds = 10.0")
+    text = EXAMPLE.read_text(encoding="utf-8").replace("poll_interval_seconds = 10.0",
+                                                       "poll_intervall_seconds = 10.0")
     with pytest.raises(ConfigError) as exc:
         load_config(write_site(text))
     errors = config_errors(exc.value)

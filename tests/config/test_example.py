@@ -56,7 +56,8 @@ def test_check_config_on_example_says_ok(capsys: pytest.CaptureFixture[str]) -> 
     assert 'login_url = "https://login.salesforce.com"' in out
 
 
-def test_check_config_path_from_env(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_path_from_env(monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SOLAR_AGENT_CONFIG", str(EXAMPLE))
     assert main(["check-config", "-q"]) == 0
     assert capsys.readouterr().out.startswith(f"OK: {EXAMPLE} is valid")
@@ -67,7 +68,9 @@ def test_check_config_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         main(["check-config", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for needle in ("did you mean", "SOLAR_AGENT_CONFIG", "credential:NAME", "solar-agent check-config /etc/solar-agent"):
+    needles = ("did you mean", "SOLAR_AGENT_CONFIG", "credential:NAME",
+               "solar-agent check-config /etc/solar-agent")
+    for needle in needles:
         assert needle in out
 
 

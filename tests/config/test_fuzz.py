@@ -126,7 +126,8 @@ def test_mangled_files_through_the_cli_exit_0_or_2(text: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "site.toml"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
-        (Path(tmp) / "solar_panel_event.yaml").write_bytes((EXAMPLE.parent / "solar_panel_event.yaml").read_bytes())
+        schema = EXAMPLE.parent / "solar_panel_event.yaml"
+        (Path(tmp) / "solar_panel_event.yaml").write_bytes(schema.read_bytes())
         try:
             load_config(path)
         except ConfigError:

@@ -45,7 +45,8 @@ def test_secret_values_are_refused_and_never_echoed(section: str, key: str, file
     assert SECRET not in str(err) and err.value is None
 
 
-def test_mqtt_password_is_refused_via_cli(write_site: Callable[[str], Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_mqtt_password_is_refused_via_cli(write_site: Callable[[str], Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     text = EXAMPLE.read_text(encoding="utf-8").replace('username = "solar-agent"',
                                                        f'username = "solar-agent"\npassword = "{SECRET}"')
     path = write_site(text)
@@ -72,7 +73,8 @@ def test_pasted_pem_is_refused() -> None:
     assert "MIIE" not in str(err)
 
 
-def test_credential_resolves_in_credentials_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_credential_resolves_in_credentials_directory(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
     data = _with(datacloud={"private_key_path": "credential:solar-agent.key"},
                  status={"listen": "127.0.0.1:9108", "token_file": "credential:status-token"})
@@ -94,8 +96,10 @@ def test_credential_directory_argument_wins(monkeypatch: pytest.MonkeyPatch, tmp
 def test_credential_without_credentials_directory_is_an_error(
     write_site: Callable[[str], Path], capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace('private_key_path = "/etc/solar-agent/keys/datacloud.key"',
-                                                       'private_key_path = "credential:solar-agent.key"')
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        'private_key_path = "/etc/solar-agent/keys/datacloud.key"',
+        'private_key_path = "credential:solar-agent.key"',
+    )
     path = write_site(text)
     assert main(["check-config", "-q", str(path)]) == 2
     err = capsys.readouterr().err

@@ -185,3 +185,17 @@ async def test_tls_verifies_the_broker(mosquitto_tls: Broker) -> None:
     with_ca = MqttSource(cfg(mosquitto_tls, "tls1", "opendtu", ca_file=mosquitto_tls.ca_file), "s")
     async with running(with_ca, Sink()):
         assert with_ca.connected
+
+
+async def test_reconnects_after_a_broker_restart(mosquitto_broker: Broker) -> None:
+    conf = cfg(mosquitto_broker, "rc", "generic", topics=("rc/+/telemetry",), fields=(("ac_power_w", "W"),),
+               client_id="reconnect-test")
+    src, sink = MqttSource(conf, "s"), Sink()
+    async with running(src, sink):
+        async with MqttPublisher("generic", mosquitto_broker.url, (), client_id="rc-pub1") as pub:
+            await probe(src, pub, "rc/probe/telemetry")
+        await asyncio.to_thread(mosquitto_broker.restart)     # persistence keeps the session
+        await until(lambda: src.connects >= 2, timeout=20, what="the reconnect")
+        async with MqttPublisher("generic", mosquitto_broker.url, (), client_id="rc-pub2") as pub:
+            await pub.publish([Message("rc/after/telemetry", b'{"W": 7}')])
+            await until(lambda: any(r.device_id == "after" for r in sink.readings), what="a reading after restart")

@@ -10,14 +10,16 @@ bearer check, handler, lost response; in that order.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import pickle
 import random
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +35,7 @@ from agent.emulator.schema import (
     ObjectSchema,
     default_schema_path,
     iter_delete_rows,
-    iter_upsert_rows,
+    iter_upsert_chunks,
     load_schema,
     parse_json_strict,
     validate_record,
@@ -136,6 +138,7 @@ class Emulator:
         self._bucket = _TokenBucket(settings.rate_limit_rps)
         self._jobs = JobBook(settings.max_concurrent_jobs, settings.max_jobs_per_hour, settings.max_files_per_job)
         self._uploading: set[str] = set()
+        self._staged: dict[str, list[Path]] = {}  # job id -> converted chunk files, upload order
         self._workdir = Path(tempfile.mkdtemp(prefix="solar-emulator-"))
         self.store = LandedStore(settings.db_path or self._workdir / "landed.sqlite")
         # One store thread keeps writes in arrival order (a later upsert of a key wins).
@@ -460,7 +463,7 @@ class Emulator:
 
     async def _job_delete(self, request: web.Request) -> web.Response:
         job = self._jobs.delete(request.match_info["id"])
-        await self._in_store(lambda: self.store.drop_staged(job.id))
+        await self._drop_staged(job.id)
         return web.Response(status=204)
 
     async def _job_patch(self, request: web.Request) -> web.Response:
@@ -470,7 +473,7 @@ class Emulator:
             raise ApiError(409, "a file upload to this job is still in progress")
         job = self._jobs.patch(job_id, body)
         if job.state == "Aborted":
-            await self._in_store(lambda: self.store.drop_staged(job.id))
+            await self._drop_staged(job.id)
         else:
             self._spawn(self._process(job), name=f"emulator.job[{job.id}]")
         return web.json_response(job.to_json())
@@ -486,11 +489,13 @@ class Emulator:
         await asyncio.sleep(half)  # emulated processing time
         if self._faults.fail_next_jobs > 0:
             self._faults.fail_next_jobs -= 1
-            await self._in_store(lambda: self.store.drop_staged(job.id))
+            await self._drop_staged(job.id)
             job.set_state("Failed")
             log.info("bulk job failed (injected) job=%s", job.id)
             return
-        await self._in_store(lambda: self.store.apply_staged(job.id, job.operation))
+        files = self._staged.pop(job.id, [])
+        await self._in_store(lambda: self.store.apply_chunks(job.operation, _read_chunks(files)))
+        await self._drop_files(files)
         job.processing_ms = int((time.monotonic() - started) * 1000)
         job.set_state("JobComplete")
         log.info("bulk job complete job=%s rows=%d", job.id, job.rows)
@@ -514,16 +519,25 @@ class Emulator:
             reject = self.settings.reject_unknown_fields
             op = job.operation
 
+            staged = self._workdir / f"staged-{job_id}-{job.files}.pickle"
+
             def stage() -> int:
-                with path.open(encoding="utf-8", newline="") as fh:
-                    rows: Any = (iter_upsert_rows(obj, fh, reject_unknown=reject) if op == "upsert"
-                                 else ((pk, None) for pk in iter_delete_rows(fh)))
-                    return self.store.stage(job_id, rows)
+                # Validate and convert now (a bad file is a synchronous 400); land at JobComplete.
+                n = 0
+                with path.open(encoding="utf-8", newline="") as fh, staged.open("wb") as out:
+                    chunks: Any = (iter_upsert_chunks(obj, fh, reject_unknown=reject) if op == "upsert"
+                                   else _delete_chunks(iter_delete_rows(fh)))
+                    for chunk in chunks:
+                        pickle.dump(chunk, out, protocol=pickle.HIGHEST_PROTOCOL)
+                        n += len(chunk[0])
+                return n
 
             try:
-                n = await self._in_store(stage)
+                n = await asyncio.to_thread(stage)
             except CsvFileError as exc:
+                staged.unlink(missing_ok=True)
                 raise ApiError(400, f"invalid CSV file: {exc}") from None
+            self._staged.setdefault(job_id, []).append(staged)
         finally:
             self._uploading.discard(job_id)
             path.unlink(missing_ok=True)
@@ -532,6 +546,15 @@ class Emulator:
         job.set_state(job.state)
         log.info("bulk file staged job=%s file=%d rows=%d", job_id, job.files, n)
         return web.Response(status=202)
+
+    async def _drop_staged(self, job_id: str) -> None:
+        await self._drop_files(self._staged.pop(job_id, []))
+
+    async def _drop_files(self, files: list[Path]) -> None:
+        def unlink() -> None:
+            for f in files:
+                f.unlink(missing_ok=True)
+        await asyncio.to_thread(unlink)
 
     async def _receive_file(self, request: web.Request, path: Path, limit: int) -> None:
         """Stream the body to a temp file (never 150 MB in memory); 413 past ``limit``."""
@@ -579,3 +602,18 @@ class Emulator:
         return web.json_response({"count": self.store.count(), "records": rows})
 
 
+
+
+def _delete_chunks(pks: Iterator[str], size: int = 20_000) -> Iterator[tuple[list[str], list[str]]]:
+    while batch := list(itertools.islice(pks, size)):
+        yield batch, []
+
+
+def _read_chunks(files: list[Path]) -> Iterator[tuple[list[str], list[str]]]:
+    for f in files:
+        with f.open("rb") as fh:
+            while True:
+                try:
+                    yield pickle.load(fh)
+                except EOFError:
+                    break

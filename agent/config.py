@@ -839,6 +839,10 @@ def _check_mqtt(ctx: _Ctx, feed: MqttConfig, path: str, data: Mapping[str, Any])
             if _set(data, MqttConfig, feed, key):
                 ctx.error(_join(path, key), "is only for profile = \"generic\"",
                           hint=f'remove it; profile "{feed.profile}" knows its payloads')
+    if feed.profile == "victron" and not feed.portal_id.strip():
+        ctx.error(_join(path, "portal_id"), "is required for profile = \"victron\"",
+                  hint="the GX only publishes while it receives R/<portal id>/keepalive; "
+                       "find the id under Settings > VRM online portal")
     if feed.portal_id and feed.profile != "victron":
         ctx.error(_join(path, "portal_id"), "is only for profile = \"victron\"", feed.portal_id,
                   hint="remove it")

@@ -1,0 +1,403 @@
+"""The drain: moves rows from the outbox to Data Cloud, choosing the lane.
+
+Two lanes run side by side and never hold the same row (outbox leases are exclusive):
+
+* **stream** — while the backlog is small: flush when a batch is full (by encoded bytes) or when
+  ``flush_interval_seconds`` passed since the first unsent row, so requests are as full as the
+  latency target allows (a fleet of gateways shares the org's 250 requests/s). Bad records are
+  isolated by the streaming client and dead-lettered; the rest of the batch goes on.
+* **bulk** — when the oldest undelivered row is older than ``bulk_after_seconds`` or the backlog
+  holds ``bulk_min_rows``, the *old* part (rows older than the fresh window) goes to a bulk CSV job
+  while fresh rows keep streaming. Rows leave the outbox only when the job reached JobComplete.
+
+Failures: 429 slows the AIMD pacer and waits Retry-After; 5xx/timeouts/resets back off with capped
+exponential delay and full jitter (which also spreads a fleet's return after a regional outage);
+401 is handled once by the client, a persistent auth failure backs off like an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.config import DrainConfig
+from agent.datacloud.streaming import Backoff
+from agent.errors import AuthError, DataCloudError, JobError, RetryableError, ThrottledError
+from agent.outbox import Lease, OutboxStats
+from agent.records import STREAMING_OVERHEAD
+
+log = logging.getLogger(__name__)
+
+TERMINAL_OK = "JobComplete"
+# One bulk job takes at most this many rows (100 files of 150 MB hold far more; this bounds a job's duration).
+BULK_MAX_ROWS_PER_JOB = 2_000_000
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class LaneState:
+    """What status shows per lane."""
+
+    name: str
+    sent_total: int = 0
+    requests_total: int = 0
+    rejected_total: int = 0
+    failures_total: int = 0
+    consecutive_failures: int = 0
+    last_success_ms: int | None = None
+    last_error: str = ""
+    retry_at_ms: int | None = None
+    active: bool = False
+    jobs_total: int = 0
+
+    def ok(self, now_ms: int, sent: int) -> None:
+        self.sent_total += sent
+        self.consecutive_failures = 0
+        self.last_success_ms = now_ms
+        self.retry_at_ms = None
+        self.last_error = ""
+
+    def failed(self, error: str, retry_at_ms: int) -> None:
+        self.failures_total += 1
+        self.consecutive_failures += 1
+        self.last_error = error
+        self.retry_at_ms = retry_at_ms
+
+
+class DrainOutbox(Protocol):
+    """The part of the outbox the drain uses."""
+
+    async def lease(self, max_records: int, max_bytes: int, older_than_ms: int | None = None) -> Lease | None: ...
+    async def ack(self, lease: Lease, event_ids: object = None) -> int: ...
+    async def nack(self, lease: Lease, retry_at_ms: int, event_ids: object = None) -> int: ...
+    async def reject(self, lease: Lease, reasons: dict[str, str]) -> int: ...
+    async def stats(self) -> OutboxStats: ...
+    async def lease_bulk(self, max_records: int, max_bytes: int | None = None,
+                         older_than_ms: int | None = None) -> Lease | None: ...
+
+
+class StreamSink(Protocol):
+    async def deliver(self, rows: list[tuple[str, bytes]]) -> object: ...
+
+
+class BulkSink(Protocol):
+    """Runs one bulk job over a bulk lease; returns the terminal state (JobComplete, Failed, Aborted)."""
+
+    max_lease_bytes: int
+
+    async def run_job(self, lease: Lease) -> str: ...
+    async def resume_jobs(self) -> list[tuple[Lease, str]]: ...
+    async def forget(self, lease: Lease) -> None: ...
+
+
+class Pacing(Protocol):
+    async def wait(self) -> None: ...
+    def on_success(self) -> None: ...
+    def on_throttle(self, retry_after: float | None) -> None: ...
+
+
+@dataclass(slots=True)
+class _Kick:
+    """A wake-up with a reason, so waits end early on new data or an operator's `drain --now`."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set(self) -> None:
+        self.event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout=max(0.0, timeout))
+        except TimeoutError:
+            return False
+        finally:
+            self.event.clear()
+        return True
+
+
+class Drain:
+    """Both lanes. ``run`` returns only when cancelled; ``stop`` lets an in-flight delivery finish."""
+
+    def __init__(
+        self,
+        outbox: DrainOutbox,
+        stream: StreamSink,
+        bulk: BulkSink | None,
+        cfg: DrainConfig,
+        *,
+        pacer: Pacing | None = None,
+        on_sent: Callable[[str, int], None] | None = None,
+        on_rejected: Callable[[dict[str, str]], None] | None = None,
+        beat: Callable[[str], None] | None = None,
+        now_ms: Callable[[], int] = wall_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.stream = stream
+        self.bulk = bulk
+        self.cfg = cfg
+        self.pacer = pacer
+        self.now_ms = now_ms
+        self.stream_state = LaneState("stream")
+        self.bulk_state = LaneState("bulk")
+        self._on_sent = on_sent or (lambda lane, n: None)
+        self._on_rejected = on_rejected or (lambda reasons: None)
+        self._beat = beat or (lambda name: None)
+        self._rng = rng or random.Random()
+        self._stream_backoff = Backoff(cap_seconds=cfg.retry_max_seconds, rng=self._rng)
+        self._bulk_backoff = Backoff(base_seconds=10.0, cap_seconds=max(cfg.retry_max_seconds, 600.0), rng=self._rng)
+        self._kick = _Kick()
+        self._bulk_leased = asyncio.Event()
+        self._bulk_kick = _Kick()
+        self._unsent_bytes = 0
+        self._first_unsent_ms: int | None = None
+        self._stopping = False
+        self.bulk_enabled = bulk is not None
+        # Rows per stream lease: bytes decide, this only bounds the lease query.
+        self._max_records = 5000
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def notify_appended(self, count: int, payload_bytes: int) -> None:
+        """Called after each outbox commit; wakes the stream lane when a batch is full."""
+        if count <= 0:
+            return
+        if self._first_unsent_ms is None:
+            self._first_unsent_ms = self.now_ms()
+        self._unsent_bytes += payload_bytes
+        if self._unsent_bytes + STREAMING_OVERHEAD >= self.cfg.batch_max_bytes:
+            self._kick.set()
+
+    def flush_now(self, bulk: bool = False) -> None:
+        """An operator asked for delivery now (`solar-agent drain --now`): end waits and backoffs."""
+        self._first_unsent_ms = 0
+        self.stream_state.retry_at_ms = None
+        self._kick.set()
+        if bulk:
+            self._force_bulk = True
+            self._bulk_kick.set()
+
+    _force_bulk: bool = False
+
+    @property
+    def lane(self) -> str:
+        """The lane status shows: bulk while a job runs, else stream, or 'retrying' while backing off."""
+        if self.bulk_state.active:
+            return "bulk+stream"
+        if self.stream_state.consecutive_failures:
+            return "retrying"
+        return "stream"
+
+    # -- loops --------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._stream_loop(), name="agent[drain].stream")
+            if self.bulk is not None:
+                tg.create_task(self._bulk_loop(), name="agent[drain].bulk")
+
+    def stop(self) -> None:
+        """No new deliveries start; the runtime cancels the task after its deadline."""
+        self._stopping = True
+        self._kick.set()
+        self._bulk_kick.set()
+
+    async def _stream_loop(self) -> None:
+        interval = self.cfg.flush_interval_seconds
+        while not self._stopping:
+            self._beat("drain")
+            due = self._flush_due_in(interval)
+            if due > 0:
+                await self._kick.wait(min(due, 5.0))
+                continue
+            delay = await self.drain_stream_once()
+            if delay > 0:
+                await self._kick.wait(delay)
+
+    def _flush_due_in(self, interval: float) -> float:
+        """Seconds until the next flush is due: now if a batch is full or the oldest unsent row aged."""
+        if self.stream_state.retry_at_ms is not None:
+            return max(0.0, (self.stream_state.retry_at_ms - self.now_ms()) / 1000)
+        if self._unsent_bytes + STREAMING_OVERHEAD >= self.cfg.batch_max_bytes:
+            return 0.0
+        if self._first_unsent_ms is None:
+            # Nothing announced since the last flush; look again after one interval for rows
+            # appended before start (recovered backlog) or nacked rows whose retry time came.
+            self._first_unsent_ms = self.now_ms()
+        return max(0.0, (self._first_unsent_ms + interval * 1000 - self.now_ms()) / 1000)
+
+    async def drain_stream_once(self) -> float:
+        """Send stream batches until the backlog is below one batch; returns seconds to wait after."""
+        self._unsent_bytes = 0
+        self._first_unsent_ms = None
+        while not self._stopping:
+            max_records = self._max_records
+            if self.bulk is not None and not self.bulk_state.active:
+                backfill_due = self.bulk_due(await self.outbox.stats())
+                if backfill_due and self.stream_state.consecutive_failures:
+                    # After an outage, probe the link with one row; the backlog goes to a bulk job
+                    # once the link answers, instead of being streamed in a burst of requests.
+                    max_records = 1
+                elif backfill_due:
+                    await self._yield_old_rows_to_bulk()
+            if self.pacer is not None:
+                await self.pacer.wait()
+            lease = await self.outbox.lease(max_records, self.cfg.batch_max_bytes - STREAMING_OVERHEAD)
+            if lease is None:
+                return 0.0
+            self._beat("drain")
+            delay = await self._deliver(lease)
+            if delay > 0:
+                return delay
+            if lease.count < max_records and lease.payload_bytes + STREAMING_OVERHEAD < self.cfg.batch_max_bytes * 0.9:
+                return 0.0  # a partial batch: the backlog is drained
+        return 0.0
+
+    async def _yield_old_rows_to_bulk(self) -> None:
+        """When a backfill is due, let the bulk lane lease the old rows before streaming nibbles them."""
+        if self.bulk_state.retry_at_ms and self.bulk_state.retry_at_ms > self.now_ms():
+            return  # the bulk lane is backing off: stream meanwhile
+        self._bulk_leased.clear()
+        self._bulk_kick.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._bulk_leased.wait(), 10.0)
+
+    async def _deliver(self, lease: Lease) -> float:
+        rows = [(r.event_id, r.payload) for r in lease.rows]
+        state = self.stream_state
+        state.active = True
+        try:
+            state.requests_total += 1
+            result = await self.stream.deliver(rows)
+        except ThrottledError as exc:
+            if self.pacer is not None:
+                self.pacer.on_throttle(exc.retry_after)
+            delay = exc.retry_after if exc.retry_after is not None else self._stream_backoff.next_delay()
+            return await self._retry_later(lease, f"throttled (429): {exc}", delay)
+        except (RetryableError, AuthError) as exc:
+            delay = self._stream_backoff.next_delay()
+            return await self._retry_later(lease, f"{type(exc).__name__}: {exc}", delay)
+        except DataCloudError as exc:
+            delay = self._stream_backoff.next_delay()
+            return await self._retry_later(lease, f"{type(exc).__name__}: {exc}", delay)
+        finally:
+            state.active = False
+        accepted = list(getattr(result, "accepted_ids", ()))
+        rejected: dict[str, str] = dict(getattr(result, "rejected", {}))
+        if rejected:
+            await self.outbox.reject(lease, rejected)
+            state.rejected_total += len(rejected)
+            self._on_rejected(rejected)
+            log.warning("stream: %d record(s) rejected by Data Cloud, moved to dead letters; first: %s "
+                        "hint=see `solar-agent outbox dead-letters`", len(rejected), next(iter(rejected.values())))
+        acked = await self.outbox.ack(lease, accepted) if accepted else 0
+        if self.pacer is not None:
+            self.pacer.on_success()
+        if state.consecutive_failures:
+            log.info("stream: delivering again after %d failed attempt(s)", state.consecutive_failures)
+        self._stream_backoff.reset()
+        state.ok(self.now_ms(), acked)
+        self._on_sent("stream", acked)
+        return 0.0
+
+    async def _retry_later(self, lease: Lease, error: str, delay: float) -> float:
+        retry_at = self.now_ms() + int(delay * 1000)
+        await self.outbox.nack(lease, retry_at)
+        state = self.stream_state
+        if state.consecutive_failures == 0 or state.consecutive_failures % 10 == 0:
+            log.warning("stream: delivery failed (%s); %d rows back in the outbox, retry in %.1fs",
+                        error, lease.count, delay)
+        state.failed(error, retry_at)
+        return delay
+
+    # -- bulk lane ----------------------------------------------------------------------------------
+    def bulk_due(self, stats: OutboxStats) -> bool:
+        """True when the backlog is old or large enough for a bulk backfill."""
+        if self._force_bulk and stats.rows - stats.leased > 0:
+            return True
+        if stats.oldest_enqueued_ms is None or stats.rows - stats.leased <= 0:
+            return False
+        age_s = (self.now_ms() - stats.oldest_enqueued_ms) / 1000
+        return age_s >= self.cfg.bulk_after_seconds or stats.rows - stats.leased >= self.cfg.bulk_min_rows
+
+    def fresh_window_ms(self) -> int:
+        """Rows younger than this stay in the stream lane while a bulk job takes the old part."""
+        return int(max(2 * self.cfg.flush_interval_seconds, 5.0) * 1000)
+
+    async def _bulk_loop(self) -> None:
+        assert self.bulk is not None
+        for lease, final in await self.bulk.resume_jobs():
+            await self._settle_bulk(lease, final)
+        check_every = max(1.0, min(self.cfg.flush_interval_seconds, 30.0))
+        while not self._stopping:
+            self._beat("drain")
+            stats = await self.outbox.stats()
+            if self.bulk_state.retry_at_ms and self.bulk_state.retry_at_ms > self.now_ms() and not self._force_bulk:
+                await self._bulk_kick.wait((self.bulk_state.retry_at_ms - self.now_ms()) / 1000)
+                continue
+            # A bulk job on a dead link only burns the org's 20 jobs/hour: wait until streaming works.
+            if not self.bulk_due(stats) or self.stream_state.consecutive_failures:
+                await self._bulk_kick.wait(check_every)
+                continue
+            await self.run_bulk_once()
+
+    async def run_bulk_once(self) -> str | None:
+        """Lease the old part of the backlog and push it through one bulk job."""
+        assert self.bulk is not None
+        self._force_bulk = False
+        lease_bulk = self.outbox.lease_bulk
+        try:
+            lease: Lease | None = await lease_bulk(
+                BULK_MAX_ROWS_PER_JOB, max_bytes=self.bulk.max_lease_bytes,
+                older_than_ms=self.now_ms() - self.fresh_window_ms()
+            )
+        finally:
+            self._bulk_leased.set()
+        if lease is None:
+            return None
+        state = self.bulk_state
+        state.active = True
+        log.info("bulk: backfilling %d rows (%.1f MB) in a bulk job", lease.count, lease.payload_bytes / 1e6)
+        try:
+            final = await self.bulk.run_job(lease)
+        except (ThrottledError, RetryableError, AuthError, JobError, DataCloudError) as exc:
+            delay = (exc.retry_after if isinstance(exc, ThrottledError) and exc.retry_after
+                     else self._bulk_backoff.next_delay())
+            retry_at = self.now_ms() + int(delay * 1000)
+            await self.outbox.nack(lease, self.now_ms())
+            state.failed(f"{type(exc).__name__}: {exc}", retry_at)
+            log.warning("bulk: job failed (%s); %d rows back in the outbox, next bulk attempt in %.0fs",
+                        exc, lease.count, delay)
+            return "Failed"
+        finally:
+            state.active = False
+        await self._settle_bulk(lease, final)
+        return final
+
+    async def _settle_bulk(self, lease: Lease, final: str) -> None:
+        assert self.bulk is not None
+        await self._settle_rows(lease, final)
+        await self.bulk.forget(lease)
+
+    async def _settle_rows(self, lease: Lease, final: str) -> None:
+        state = self.bulk_state
+        state.jobs_total += 1
+        if final == TERMINAL_OK:
+            acked = await self.outbox.ack(lease)
+            self._bulk_backoff.reset()
+            state.ok(self.now_ms(), acked)
+            self._on_sent("bulk", acked)
+            log.info("bulk: job complete, %d rows delivered", acked)
+        else:
+            delay = self._bulk_backoff.next_delay()
+            await self.outbox.nack(lease, self.now_ms())
+            state.failed(f"job ended {final}", self.now_ms() + int(delay * 1000))
+            log.warning("bulk: job ended %s; its rows are back in the outbox hint=see the job in Data Cloud "
+                        "Setup > Data Streams", final)

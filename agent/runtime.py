@@ -1,0 +1,354 @@
+"""The running agent: wires sources -> records -> outbox -> drain -> Data Cloud in one TaskGroup.
+
+Signals: SIGTERM/SIGINT stop the sources first, let an in-flight delivery finish within
+``STOP_DEADLINE_SECONDS``, close the outbox and return 0. SIGHUP reloads the config when it is
+valid and keeps the running one, loudly, when it is not. An ``OutboxFatalError`` (disk full,
+I/O error) ends the run with ``EXIT_FATAL`` so systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent import __version__
+from agent.config import AgentConfig, load_config
+from agent.bulk_lane import BulkLane
+from agent.datacloud import BulkClient, Pacer, StreamingClient, TokenProvider, make_ssl_context
+from agent.drain import Drain
+from agent.errors import ConfigError, OutboxFatalError, OutboxFullError, RecordError, SchemaError
+from agent.metrics import AgentMetrics
+from agent.clock import ClockGuard
+from agent.notify import Notifier, Watchdog, watchdog_interval
+from agent.outbox import Outbox, OutboxStats
+from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
+from agent.sources import Source
+from agent.status import DeviceCheck, HealthInputs, HealthReport, StatusServer, evaluate_health
+
+log = logging.getLogger(__name__)
+
+STOP_DEADLINE_SECONDS = 10.0
+EXIT_OK = 0
+EXIT_FATAL = 70
+
+SourceFactory = Callable[[AgentConfig], list[Source]]
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_sources(cfg: AgentConfig) -> list[Source]:
+    """One source per Modbus bus and per MQTT feed in the config."""
+    from agent.sources.modbus import ModbusSource
+    from agent.sources.mqtt import MqttSource
+
+    sources: list[Source] = [ModbusSource(bus) for bus in cfg.modbus]
+    sources += [MqttSource(feed, site_id=cfg.site.id) for feed in cfg.mqtt]
+    return sources
+
+
+@dataclass(slots=True)
+class _Run:
+    """Everything that lives for one configuration (a reload builds a new one)."""
+
+    cfg: AgentConfig
+    outbox: Outbox
+    drain: Drain
+    sources: list[Source]
+    builder: RecordBuilder
+    started_ms: int
+    tokens: TokenProvider
+    stats: OutboxStats | None = None       # cached for health(), which must not do I/O
+    source_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Agent:
+    """The agent process. ``run`` returns an exit code."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        source_factory: SourceFactory = build_sources,
+        on_committed: Callable[[Sequence[EncodedRecord]], None] | None = None,
+        status_enabled: bool = True,
+        clock: ClockGuard | None = None,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = AgentMetrics()
+        self._source_factory = source_factory
+        self._on_committed = on_committed
+        self._status_enabled = status_enabled
+        self._now_ms = now_ms
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._run: _Run | None = None
+        self.notifier = Notifier.from_env()
+        self.watchdog = Watchdog(self.notifier)
+        self.clock = clock or ClockGuard()
+        self.ready = asyncio.Event()
+
+    # -- control ------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def stop_sources(self) -> None:
+        """Stop reading devices (the drain goes on): the first step of a stop, and the demo's last phase."""
+        run = self._run
+        if run is None:
+            return
+        for task in run.source_tasks:
+            task.cancel()
+        await asyncio.gather(*run.source_tasks, return_exceptions=True)
+
+    @property
+    def drain(self) -> Drain | None:
+        return self._run.drain if self._run else None
+
+    @property
+    def outbox(self) -> Outbox | None:
+        return self._run.outbox if self._run else None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        with contextlib.ExitStack() as signals:
+            for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                                 (signal.SIGHUP, self.request_reload)):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, handler)
+                    signals.callback(loop.remove_signal_handler, sig)
+            fatal: list[BaseException] = []
+            try:
+                while await self._run_config(self.cfg):
+                    pass
+            except* OutboxFatalError as group:
+                fatal.extend(group.exceptions)
+            for exc in fatal:
+                log.critical("outbox: cannot commit, stopping so systemd restarts the agent: %s", exc)
+            return EXIT_FATAL if fatal else EXIT_OK
+
+    def _try_reload(self) -> AgentConfig | None:
+        try:
+            new = load_config(self.cfg.source_file)
+            load_schema(new.datacloud.schema_path, new.datacloud.object_name)
+        except (ConfigError, SchemaError) as exc:
+            log.error("reload: %s is not valid, keeping the running config: %s", self.cfg.source_file, exc)
+            return None
+        log.info("reload: %s is valid, restarting sources and drain with it", self.cfg.source_file)
+        return new
+
+    async def _run_config(self, cfg: AgentConfig) -> bool:
+        """Run one configuration until stop (False) or a valid reload (True)."""
+        schema = load_schema(cfg.datacloud.schema_path, cfg.datacloud.object_name)
+        builder = RecordBuilder(schema, cfg.site.id, cfg.site.customer_id, __version__)
+        ssl_ctx = make_ssl_context(cfg.datacloud.ca_file)
+        timeout = aiohttp.ClientTimeout(total=cfg.datacloud.timeout_seconds)
+        async with contextlib.AsyncExitStack() as stack:
+            outbox = await stack.enter_async_context(Outbox(cfg.outbox))
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=8), timeout=timeout)
+            )
+            tokens = TokenProvider(cfg.datacloud, session)
+            streaming = StreamingClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.object_name,
+                                        max_body_bytes=cfg.drain.batch_max_bytes)
+            bulk = BulkLane(BulkClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.object_name),
+                            outbox, schema, max_file_bytes=cfg.drain.bulk_file_max_bytes,
+                            tmp_dir=cfg.outbox.path.parent)
+            drain = Drain(outbox, streaming, bulk, cfg.drain,
+                          pacer=Pacer(cfg.drain.max_requests_per_second),
+                          on_sent=self._count_sent, on_rejected=self._count_rejected,
+                          beat=self.watchdog.beat)
+            run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens)
+            self._run = run
+            if self._status_enabled:
+                await stack.enter_async_context(
+                    StatusServer(self, socket_path=cfg.status.socket_path, listen=cfg.status.listen,
+                                 token_file=cfg.status.token_file))
+            try:
+                return await self._supervise(run)
+            finally:
+                self._run = None
+
+    async def _supervise(self, run: _Run) -> bool:
+        async with asyncio.TaskGroup() as tg:
+            for src in run.sources:
+                self.watchdog.register(src.name)
+                run.source_tasks.append(tg.create_task(src.run(self._emit), name=f"agent[{src.name}]"))
+            # The drain beats from its loop (also while idle); a hung event loop stops the beats and
+            # systemd's watchdog restarts us. Sources do not beat: a dead inverter is not a hang.
+            self.watchdog.register("drain")
+            drain_task = tg.create_task(run.drain.run(), name="agent[drain]")
+            status_task = tg.create_task(self._publish_status(run), name="agent[notify]")
+            interval = watchdog_interval()
+            if interval is not None:
+                wd_task = tg.create_task(self.watchdog.run(interval / 2), name="agent[watchdog]")
+            else:
+                wd_task = None
+            self.notifier.ready()
+            self.ready.set()
+            log.info("agent: running site=%s sources=%d outbox=%s", run.cfg.site.id, len(run.sources),
+                     run.cfg.outbox.path)
+            reloaded = await self._wait_stop_or_reload()
+            self.notifier.stopping()
+            # Sources first: nothing new is read while the last deliveries finish.
+            await self.stop_sources()
+            run.drain.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(drain_task), STOP_DEADLINE_SECONDS)
+            except TimeoutError:
+                log.warning("agent: delivery still running after %.0fs; its rows stay in the outbox",
+                            STOP_DEADLINE_SECONDS)
+            drain_task.cancel()
+            status_task.cancel()
+            if wd_task is not None:
+                wd_task.cancel()
+        self.ready.clear()
+        return reloaded
+
+    async def _wait_stop_or_reload(self) -> bool:
+        while True:
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._stop.is_set():
+                return False
+            self._reload.clear()
+            new = self._try_reload()
+            if new is not None:
+                self.cfg = new
+                return True
+
+    async def _publish_status(self, run: _Run) -> None:
+        while True:
+            stats = run.stats = await run.outbox.stats()
+            self.metrics.outbox_events.set(stats.rows)
+            self.metrics.dead_letters.set(stats.dead_letters)
+            if stats.oldest_enqueued_ms is not None:
+                self.metrics.oldest_undelivered_seconds.set(max(0.0, (self._now_ms() - stats.oldest_enqueued_ms) / 1000))
+            else:
+                self.metrics.oldest_undelivered_seconds.set(0)
+            self.metrics.outbox_bytes.set(stats.bytes)
+            self.notifier.status(f"backlog={stats.rows} lane={run.drain.lane} dead_letters={stats.dead_letters}")
+            await asyncio.sleep(5.0)
+
+    # -- the emit path ------------------------------------------------------------------------------
+    async def _emit(self, readings: Sequence[Reading]) -> None:
+        run = self._run
+        if run is None:
+            raise asyncio.CancelledError
+        encoded: list[EncodedRecord] = []
+        if not self.clock.synced():
+            # Flag, never pass off an untrusted wall time as a good one (a gateway without RTC boots in 1970).
+            readings = [dataclasses.replace(r, clock_quality="unsynced") for r in readings]
+        for reading in readings:
+            try:
+                encoded.append(run.builder.encode(reading))
+            except RecordError as exc:
+                self.metrics.events_discarded_total.inc(reason="bad_record")
+                log.warning("record: dropped a reading of device=%s: %s", reading.device_id, exc)
+        if not encoded:
+            return
+        try:
+            result = await run.outbox.append(encoded)
+        except OutboxFullError as exc:
+            self.metrics.events_discarded_total.inc(len(encoded), reason="outbox_full")
+            log.error("outbox: full, %d new readings refused (when_full=reject_new): %s", len(encoded), exc)
+            return
+        source = readings[0].source
+        self.metrics.received_events_total.inc(result.appended, source=source)
+        if result.dropped:
+            self.metrics.events_discarded_total.inc(result.dropped, reason="outbox_full")
+        run.drain.notify_appended(result.appended, sum(len(e.payload) for e in encoded))
+        if self._on_committed is not None:
+            self._on_committed(encoded)
+
+    def _count_sent(self, lane: str, n: int) -> None:
+        self.metrics.sent_events_total.inc(n, lane=lane)
+
+    def _count_rejected(self, reasons: dict[str, str]) -> None:
+        self.metrics.events_discarded_total.inc(len(reasons), reason="dead_letter")
+
+    # -- StatusProvider -----------------------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        run = self._run
+        if run is None:
+            return {"running": False}
+        stats = await run.outbox.stats()
+        now = self._now_ms()
+        devices = [
+            {"device": h.device, "source": h.source, "state": h.state, "readings": h.readings_total,
+             "errors": dict(h.errors), "last_reading_age_s": None if h.last_reading_ms is None
+             else round((now - h.last_reading_ms) / 1000, 1), "last_error": h.last_error}
+            for src in run.sources for h in src.health()
+        ]
+        lanes = {}
+        for st in (run.drain.stream_state, run.drain.bulk_state):
+            lanes[st.name] = {
+                "sent": st.sent_total, "requests": st.requests_total, "rejected": st.rejected_total,
+                "failures": st.failures_total, "consecutive_failures": st.consecutive_failures,
+                "last_success_age_s": None if st.last_success_ms is None else round((now - st.last_success_ms) / 1000, 1),
+                "retry_in_s": None if not st.retry_at_ms else max(0.0, round((st.retry_at_ms - now) / 1000, 1)),
+                "last_error": st.last_error, "active": st.active,
+            }
+        return {
+            "running": True,
+            "version": __version__,
+            "site": run.cfg.site.id,
+            "uptime_s": round((now - run.started_ms) / 1000, 1),
+            "lane": run.drain.lane,
+            "devices": devices,
+            "lanes": lanes,
+            "clock": self.clock.describe(),
+            "outbox": {
+                "path": str(run.cfg.outbox.path), "rows": stats.rows, "bytes": stats.bytes, "leased": stats.leased,
+                "oldest_age_s": None if stats.oldest_enqueued_ms is None
+                else round((now - stats.oldest_enqueued_ms) / 1000, 1),
+                "dead_letters": stats.dead_letters, "dropped_total": stats.dropped_total,
+                "file_bytes": stats.file_bytes, "max_bytes": run.cfg.outbox.max_bytes,
+            },
+        }
+
+    def health(self) -> HealthReport:
+        run = self._run
+        if run is None:
+            return HealthReport(False, ["agent is starting or stopping"])
+        stats = run.stats
+        devices = []
+        intervals = {f"modbus:{b.name}": b.poll_interval_seconds for b in run.cfg.modbus}
+        for src in run.sources:
+            for h in src.health():
+                devices.append(DeviceCheck(h.device, intervals.get(src.name), h.last_reading_ms))
+        auth_failing = run.drain.stream_state.last_error.startswith("AuthError")
+        return evaluate_health(HealthInputs(
+            now_ms=self._now_ms(), started_ms=run.started_ms, devices=devices,
+            oldest_undelivered_ms=stats.oldest_enqueued_ms if stats else None,
+            auth_ok=False if auth_failing else None, auth_error=run.drain.stream_state.last_error if auth_failing else "",
+            outbox_bytes=stats.bytes if stats else 0, outbox_max_bytes=run.cfg.outbox.max_bytes,
+            clock_synced=self.clock.synced(),
+        ))
+
+    def metrics_text(self) -> str:
+        return self.metrics.render()
+
+
+def run_agent(config_path: Path) -> int:
+    """Entry point of `solar-agent run`."""
+    cfg = load_config(config_path)
+    return asyncio.run(Agent(cfg).run())

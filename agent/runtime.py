@@ -346,9 +346,3 @@ class Agent:
 
     def metrics_text(self) -> str:
         return self.metrics.render()
-
-
-def run_agent(config_path: Path) -> int:
-    """Entry point of `solar-agent run`."""
-    cfg = load_config(config_path)
-    return asyncio.run(Agent(cfg).run())

@@ -17,6 +17,8 @@ from agent.records import CsvEncoder, Schema
 
 log = logging.getLogger(__name__)
 
+OVERLAP_FILE_BYTES = 16_000_000
+
 
 class _Journal:
     """Adapts the outbox's job table to the uploader's JobJournal protocol."""
@@ -35,6 +37,9 @@ class BulkLane:
                  budget: JobBudget | None = None, tmp_dir: Path | None = None,
                  poll_initial_seconds: float = 0.5) -> None:
         self._outbox = outbox
+        # Files well under the 150 MB limit let the server store one file while we encode the next
+        # (measured: 100k rows 8.5 s -> 5 s); 100 of them still hold 1.6 GB per job.
+        max_file_bytes = min(max_file_bytes, OVERLAP_FILE_BYTES)
         self._uploader = BulkUploader(client, CsvEncoder(schema), _Journal(outbox), budget=budget,
                                       max_file_bytes=max_file_bytes, tmp_dir=tmp_dir,
                                       poll_initial_seconds=poll_initial_seconds)

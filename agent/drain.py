@@ -371,7 +371,7 @@ class Drain:
             delay = (exc.retry_after if isinstance(exc, ThrottledError) and exc.retry_after
                      else self._bulk_backoff.next_delay())
             retry_at = self.now_ms() + int(delay * 1000)
-            await self.outbox.nack(lease, self.now_ms())
+            await self.outbox.nack(lease, 0)  # due at once; the lane's own backoff paces the retry
             state.failed(f"{type(exc).__name__}: {exc}", retry_at)
             log.warning("bulk: job failed (%s); %d rows back in the outbox, next bulk attempt in %.0fs",
                         exc, lease.count, delay)
@@ -397,7 +397,7 @@ class Drain:
             log.info("bulk: job complete, %d rows delivered", acked)
         else:
             delay = self._bulk_backoff.next_delay()
-            await self.outbox.nack(lease, self.now_ms())
+            await self.outbox.nack(lease, 0)  # due at once; the lane's own backoff paces the retry
             state.failed(f"job ended {final}", self.now_ms() + int(delay * 1000))
             log.warning("bulk: job ended %s; its rows are back in the outbox hint=see the job in Data Cloud "
                         "Setup > Data Streams", final)

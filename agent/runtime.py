@@ -26,7 +26,7 @@ from agent.config import AgentConfig, load_config
 from agent.bulk_lane import BulkLane
 from agent.datacloud import BulkClient, Pacer, StreamingClient, TokenProvider, make_ssl_context
 from agent.drain import Drain
-from agent.errors import ConfigError, OutboxFatalError, OutboxFullError, RecordError, SchemaError
+from agent.errors import AgentError, ConfigError, OutboxFatalError, OutboxFullError, RecordError, SchemaError
 from agent.metrics import AgentMetrics
 from agent.clock import ClockGuard
 from agent.notify import Notifier, Watchdog, watchdog_interval
@@ -284,6 +284,56 @@ class Agent:
 
     def _count_rejected(self, reasons: dict[str, str]) -> None:
         self.metrics.events_discarded_total.inc(len(reasons), reason="dead_letter")
+
+    # -- SupportsControl (operator actions over the status socket) ---------------------------------
+    async def flush_now(self, *, bulk: bool = False, wait_seconds: float = 10.0) -> dict[str, Any]:
+        """`solar-agent drain --now`: deliver now, wait for that attempt, and say what happened."""
+        run = self._run
+        if run is None:
+            raise AgentError("the agent is starting or stopping", hint="try again in a few seconds")
+        drain = run.drain
+        before = await run.outbox.stats()
+        stream, bulk_st = drain.stream_state, drain.bulk_state
+        marks = (stream.requests_total, stream.sent_total, bulk_st.jobs_total, bulk_st.sent_total,
+                 bulk_st.failures_total)
+        drain.flush_now(bulk=bulk)
+        deadline = time.monotonic() + wait_seconds
+        timed_out = False
+        # Poll the lanes' counters with a deadline: the drain has no completion event to wait on,
+        # and an operator wants an answer in seconds, not at the next flush interval.
+        while before.rows - before.leased > 0:
+            if bulk and drain.bulk_enabled:
+                done = bulk_st.jobs_total > marks[2] or bulk_st.failures_total > marks[4]
+            else:
+                done = stream.requests_total > marks[0] and not stream.active
+            if done or (await run.outbox.stats()).rows == 0:
+                break
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
+            await asyncio.sleep(0.05)
+        after = await run.outbox.stats()
+        now = self._now_ms()
+        return {
+            "rows_before": before.rows, "rows_after": after.rows, "leased_before": before.leased,
+            "streamed": stream.sent_total - marks[1], "stream_requests": stream.requests_total - marks[0],
+            "bulk_jobs": bulk_st.jobs_total - marks[2], "bulk_sent": bulk_st.sent_total - marks[3],
+            "bulk_requested": bulk, "lane": drain.lane, "dead_letters": after.dead_letters,
+            "last_error": stream.last_error or bulk_st.last_error,
+            "retry_in_s": None if not stream.retry_at_ms else max(0.0, round((stream.retry_at_ms - now) / 1000, 1)),
+            "timed_out": timed_out,
+        }
+
+    async def requeue_dead_letters(self, event_ids: Sequence[str] | None) -> int:
+        """`solar-agent outbox requeue`: dead letters back in the queue (all when None); wakes the drain."""
+        run = self._run
+        if run is None:
+            raise AgentError("the agent is starting or stopping", hint="try again in a few seconds")
+        moved = await run.outbox.requeue_dead_letters(None if event_ids is None else list(event_ids))
+        if moved:
+            log.info("outbox: %d dead letter(s) requeued by an operator", moved)
+            run.drain.flush_now()
+        return moved
 
     # -- StatusProvider -----------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:

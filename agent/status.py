@@ -8,6 +8,11 @@ request can never reach the token-free handlers through TCP.
 
 The server knows nothing of the agent: it asks a :class:`StatusProvider`. Health is decided by the
 pure function :func:`evaluate_health`, tested with a table; the provider gathers its inputs.
+
+Operator actions (``POST /control/drain``, ``POST /control/requeue``) exist only when the provider
+also implements :class:`SupportsControl`, and only on the unix socket: the TCP application is
+built without them, so a monitoring token can read the agent but never change its queue.
+The CLI's clients are :func:`fetch_status` and :func:`post_control`.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ __all__ = [
     "HealthReport",
     "StatusProvider",
     "StatusServer",
+    "SupportsControl",
     "evaluate_health",
     "fetch_status",
+    "post_control",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +174,22 @@ class StatusProvider(Protocol):
     def metrics_text(self) -> str: ...
 
 
+@runtime_checkable
+class SupportsControl(Protocol):
+    """Optional capability: operator actions, served on the unix socket only.
+
+    ``flush_now`` ends the drain's waits and backoffs (a bulk job too when ``bulk``), waits at most
+    ``wait_seconds`` for that attempt to finish, and returns a JSON-able summary of what happened
+    (rows before/after, rows sent per lane, the lane's last error). ``requeue_dead_letters`` puts
+    the given dead letters (all when None) back in the queue and returns how many moved. Both run
+    on the event loop; errors they raise (``AgentError``) become a 409 with the message and hint.
+    """
+
+    async def flush_now(self, *, bulk: bool = False, wait_seconds: float = 10.0) -> dict[str, Any]: ...
+
+    async def requeue_dead_letters(self, event_ids: Sequence[str] | None) -> int: ...
+
+
 # -- the server ---------------------------------------------------------------------------------------
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -186,6 +209,37 @@ def _routes(provider: StatusProvider) -> list[web.RouteDef]:
         return web.Response(body=provider.metrics_text().encode(), headers={"Content-Type": CONTENT_TYPE})
 
     return [web.get("/health", health), web.get("/status", status), web.get("/metrics", metrics)]
+
+
+def _control_routes(control: SupportsControl) -> list[web.RouteDef]:
+    async def drain(request: web.Request) -> web.Response:
+        bulk = request.query.get("bulk", "0")
+        if bulk not in ("0", "1"):
+            return web.json_response({"error": "bulk must be 0 or 1"}, status=400)
+        try:
+            result = await control.flush_now(bulk=bulk == "1")
+        except AgentError as exc:
+            return web.json_response({"error": exc.message, "hint": exc.hint}, status=409)
+        return web.json_response(result, dumps=_dumps)
+
+    async def requeue(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        ids = body.get("ids") if isinstance(body, dict) else None
+        every = isinstance(body, dict) and body.get("all") is True
+        valid_ids = isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)
+        if every == bool(valid_ids):
+            return web.json_response({"error": 'send {"all": true} or {"ids": ["<event id>", ...]}'},
+                                     status=400)
+        try:
+            moved = await control.requeue_dead_letters(None if every else list(ids))  # type: ignore[arg-type]
+        except AgentError as exc:
+            return web.json_response({"error": exc.message, "hint": exc.hint}, status=409)
+        return web.json_response({"requeued": moved})
+
+    return [web.post("/control/drain", drain), web.post("/control/requeue", requeue)]
 
 
 def _dumps(obj: Any) -> str:
@@ -312,7 +366,11 @@ class StatusServer:
         if self._socket_path is not None:
             path = self._socket_path
             await asyncio.to_thread(_prepare_socket, path)
-            runner = await self._runner(routes, [])
+            unix_routes = list(routes)
+            if isinstance(self._provider, SupportsControl):
+                # Unix socket only: its file mode is the access control for changing the queue.
+                unix_routes += _control_routes(self._provider)
+            runner = await self._runner(unix_routes, [])
             await web.UnixSite(runner, str(path)).start()
             self._bound_socket = path
             await asyncio.to_thread(os.chmod, path, SOCKET_MODE)
@@ -363,23 +421,44 @@ async def fetch_status(socket_path: Path, *, timeout_seconds: float = 5.0) -> di
     Raises ``AgentError`` (with a hint) when the socket exists but cannot be used: no permission,
     or the agent answered with an error.
     """
+    return await _request(socket_path, "GET", "/status", None, timeout_seconds)
+
+
+async def post_control(socket_path: Path, path: str, body: dict[str, Any] | None = None, *,
+                       timeout_seconds: float = 30.0) -> dict[str, Any] | None:
+    """POST an operator action (``/control/...``) over the unix socket; None when the agent is not running.
+
+    Raises ``AgentError`` like :func:`fetch_status`, with the agent's own message and hint when it
+    refused the action.
+    """
+    return await _request(socket_path, "POST", path, body, timeout_seconds)
+
+
+async def _request(socket_path: Path, method: str, path: str, body: dict[str, Any] | None,
+                   timeout_seconds: float) -> dict[str, Any] | None:
     connector = aiohttp.UnixConnector(path=str(socket_path))
     timeout = aiohttp.ClientTimeout(total=timeout_seconds)
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.get("http://solar-agent/status") as response,
+            session.request(method, f"http://solar-agent{path}", json=body) as response,
         ):
             if response.status != 200:
-                raise AgentError(f"the agent answered /status with HTTP {response.status}",
-                                 hint="journalctl -u solar-agent -n 50")
-            body: dict[str, Any] = await response.json()
-            return body
+                detail: dict[str, Any] = {}
+                with contextlib.suppress(aiohttp.ContentTypeError, json.JSONDecodeError):
+                    detail = await response.json()
+                message = detail.get("error") if isinstance(detail, dict) else None
+                raise AgentError(
+                    f"the agent answered {path} with HTTP {response.status}" + (f": {message}" if message else ""),
+                    hint=(detail.get("hint") if isinstance(detail, dict) else None)
+                    or "journalctl -u solar-agent -n 50")
+            answer: dict[str, Any] = await response.json()
+            return answer
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, PermissionError):
             raise AgentError(f"no permission to open {socket_path}",
                              hint="run it with sudo (the socket belongs to the service)") from exc
         return None  # absent or refused: not running
     except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-        raise AgentError(f"the agent did not answer on {socket_path}: {exc!r}",
+        raise AgentError(f"the agent did not answer {path} on {socket_path}: {exc!r}",
                          hint="systemctl status solar-agent; journalctl -u solar-agent -n 50") from exc

@@ -1,15 +1,365 @@
-"""`solar-agent outbox`: not built yet."""
+"""`solar-agent outbox ...`: look into the outbox file, requeue dead letters, export the backlog.
+
+``stats``, ``peek``, ``dead-letters`` and ``export`` open the SQLite file read-only (``mode=ro``),
+so they work the same whether the agent runs or not and never change the queue. ``requeue``
+changes it: through the running agent's socket when it runs, else by opening the outbox itself
+(which takes the outbox lock, so it can never race a running agent).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import sqlite3
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from agent.cli.status import add_config_args, human_age, human_bytes, load_for_socket
+from agent.config import AgentConfig, load_config
+from agent.errors import OutboxError
+from agent.outbox import read_stats
+from agent.records import CsvEncoder, format_time, load_schema
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+BUSY_TIMEOUT_MS = 5000
+
+_DESCRIPTION = """\
+Look into the outbox (the SQLite file of readings waiting for Data Cloud) and act on it.
+
+  stats          rows, bytes, age of the oldest, dead letters, drops (read-only)
+  peek           the oldest waiting rows (read-only)
+  dead-letters   records Data Cloud refused, with its reason (read-only)
+  requeue        put dead letters back in the queue (after fixing the cause, e.g. the schema)
+  export         write the backlog as bulk-format CSV files for a manual upload (read-only)
+
+The read-only commands work whether the agent runs or not. requeue goes through the running
+agent (status socket) when it runs, else opens the outbox directly.
+Exit codes: 0 ok, 1 the operation failed, 2 usage or config error."""
+
+_EPILOG = """\
+examples:
+  solar-agent outbox stats
+  solar-agent outbox peek -n 5
+  solar-agent outbox dead-letters -n 50
+  sudo solar-agent outbox requeue --all
+  sudo solar-agent outbox requeue 5f1c...e2 9ab0...41
+  solar-agent outbox export --out /tmp/backlog --max-file-bytes 100000000
+"""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("outbox", help="(not built yet)")
-    p.set_defaults(func=_main)
+    p = sub.add_parser("outbox", help="inspect the outbox, requeue dead letters, export the backlog as CSV",
+                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    cmds = p.add_subparsers(dest="outbox_command", metavar="ACTION")
+    cmds.required = True
+    raw = argparse.RawDescriptionHelpFormatter
+
+    s = cmds.add_parser("stats", help="rows, bytes, oldest age, dead letters, drops", formatter_class=raw,
+                        description="Totals of the outbox file, read-only.",
+                        epilog="example:\n  solar-agent outbox stats")
+    s.set_defaults(func=_stats)
+
+    s = cmds.add_parser("peek", help="the oldest waiting rows", formatter_class=raw,
+                        description="The oldest rows in the queue (leased or not), read-only: when they were "
+                                    "stored, attempts, and the record itself.",
+                        epilog="example:\n  solar-agent outbox peek -n 5")
+    s.add_argument("-n", type=int, default=10, metavar="N", help="how many rows (default 10)")
+    s.set_defaults(func=_peek)
+
+    s = cmds.add_parser("dead-letters", help="records Data Cloud refused, with the reason", formatter_class=raw,
+                        description="Records Data Cloud refused (HTTP 400), oldest first, with the server's "
+                                    "reason. Fix the cause (schema, config), then `outbox requeue`.",
+                        epilog="example:\n  solar-agent outbox dead-letters -n 50")
+    s.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    s.set_defaults(func=_dead_letters)
+
+    s = cmds.add_parser("requeue", help="put dead letters back in the queue", formatter_class=raw,
+                        description="Move dead letters back into the queue so they are sent again. Through "
+                                    "the running agent when it runs; else opens the outbox itself.",
+                        epilog="examples:\n  sudo solar-agent outbox requeue --all\n"
+                               "  sudo solar-agent outbox requeue EVENT_ID [EVENT_ID ...]")
+    s.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="event ids from `outbox dead-letters`")
+    s.add_argument("--all", action="store_true", help="every dead letter")
+    s.set_defaults(func=_requeue)
+
+    s = cmds.add_parser(
+        "export", help="write the backlog as bulk-format CSV files + MANIFEST.txt", formatter_class=raw,
+        description="Write every waiting row as Data Cloud bulk-format CSV (header in schema order, "
+                    "files no larger than --max-file-bytes) plus MANIFEST.txt (row count, time range, "
+                    "how to upload with a bulk job). Read-only: the rows STAY in the outbox until Data "
+                    "Cloud accepts them from the agent; an upload of the files is an upsert by event_id, "
+                    "so sending both is harmless.",
+        epilog="example:\n  solar-agent outbox export --out /tmp/backlog")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write into (created)")
+    s.add_argument("--max-file-bytes", type=int, default=150_000_000, metavar="N",
+                   help="largest CSV file (default 150000000, the bulk API limit)")
+    s.set_defaults(func=_export)
 
 
-def _main(args: argparse.Namespace) -> int:
-    print("solar-agent outbox: not built yet")
-    return 1
+# -- read-only access ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_readonly(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to an outbox file; creates and changes nothing.
+
+    With a ``-wal`` beside it (agent running, or crashed) the connection shares the agent's WAL
+    index and reads a consistent snapshot; without one, ``immutable`` keeps SQLite from creating
+    ``-wal``/``-shm`` files next to a cleanly closed outbox.
+    """
+    if not path.is_file():
+        raise OutboxError(f"no outbox at {path}", hint="the agent creates it on first start; check outbox.path")
+    mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot open outbox {path} read-only: {exc}",
+                          hint="check the file's permissions (sudo?)") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        yield conn
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}",
+                          hint="sudo, or `solar-agent doctor` to check the file") from exc
+    finally:
+        conn.close()
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    return load_config(args.config)
+
+
+def _fail(exc: OutboxError) -> int:
+    print(f"Error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"Try: {exc.hint}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _when(ms: int | None) -> str:
+    return "-" if ms is None else format_time(ms)
+
+
+def _now_ms() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        st = read_stats(cfg.outbox.path)
+    except OutboxError as exc:
+        return _fail(exc)
+    age = None if st.oldest_enqueued_ms is None else (_now_ms() - st.oldest_enqueued_ms) / 1000
+    cap = cfg.outbox.max_bytes
+    print(f"outbox        {cfg.outbox.path}")
+    print(f"rows          {st.rows} ({st.leased} leased by a delivery in progress)")
+    print(f"bytes         {human_bytes(st.bytes)} of {human_bytes(cap)} cap ({100 * st.bytes / cap:.1f}%)"
+          if cap else f"bytes         {human_bytes(st.bytes)}")
+    print(f"oldest        {'-' if age is None else human_age(age) + ' old (' + _when(st.oldest_enqueued_ms) + ')'}")
+    print(f"dead letters  {st.dead_letters}")
+    print(f"dropped       {st.dropped_total} (by when_full={cfg.outbox.when_full}, since the file was created)")
+    print(f"file          {human_bytes(st.file_bytes)} (with WAL)")
+    return EXIT_OK
+
+
+def _peek(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        with open_readonly(cfg.outbox.path) as conn:
+            rows = conn.execute(
+                "SELECT seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload FROM events "
+                "ORDER BY seq LIMIT ?", (max(0, args.n),)).fetchall()
+    except OutboxError as exc:
+        return _fail(exc)
+    if not rows:
+        print("the outbox is empty: everything was delivered")
+        return EXIT_OK
+    for seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload in rows:
+        state = f"leased #{lease_id}" if lease_id is not None else (
+            f"retry at {_when(retry_at_ms)}" if retry_at_ms and retry_at_ms > _now_ms() else "waiting")
+        print(f"#{seq} {event_id}  stored {_when(enqueued_ms)}  attempts {attempts}  {state}")
+        print(f"    {bytes(payload).decode('utf-8', 'replace')}")
+    return EXIT_OK
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        with open_readonly(cfg.outbox.path) as conn:
+            total = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            rows = conn.execute(
+                "SELECT event_id, reason, rejected_ms, payload FROM dead_letters ORDER BY rejected_ms, event_id "
+                "LIMIT ?", (max(0, args.n),)).fetchall()
+    except OutboxError as exc:
+        return _fail(exc)
+    if not rows:
+        print("no dead letters: Data Cloud accepted every record so far")
+        return EXIT_OK
+    for event_id, reason, rejected_ms, payload in rows:
+        print(f"{event_id}  rejected {_when(rejected_ms)}")
+        print(f"    reason: {reason}")
+        print(f"    record: {bytes(payload).decode('utf-8', 'replace')}")
+    print(f"{len(rows)} of {total} dead letter(s) shown")
+    print("Try: fix the cause (schema in Data Cloud, site config), then: solar-agent outbox requeue --all")
+    return EXIT_OK
+
+
+# -- requeue ----------------------------------------------------------------------------------------------
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    from agent.status import post_control
+
+    if args.all == bool(args.event_ids):
+        print("Error: give either --all or one or more EVENT_IDs", file=sys.stderr)
+        print("Try: solar-agent outbox dead-letters (to see the ids), then solar-agent outbox requeue --all",
+              file=sys.stderr)
+        return EXIT_USAGE
+    cfg, socket_path = load_for_socket(args)
+    body = {"all": True} if args.all else {"ids": list(args.event_ids)}
+    answer = asyncio.run(post_control(socket_path, "/control/requeue", body))
+    if answer is not None:
+        moved = int(answer.get("requeued", 0))
+        how = "by the running agent"
+    else:
+        if cfg is None:
+            print("Error: the agent is not running and no config names the outbox", file=sys.stderr)
+            print("Try: solar-agent outbox requeue --config /etc/solar-agent/site.toml ...", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            moved = asyncio.run(_requeue_directly(cfg, None if args.all else list(args.event_ids)))
+        except OutboxError as exc:
+            return _fail(exc)
+        how = "in the outbox file (the agent is not running; it sends them when it starts)"
+    wanted = "all" if args.all else str(len(args.event_ids))
+    print(f"requeued {moved} dead letter(s) of {wanted} asked, {how}")
+    if not args.all and moved < len(args.event_ids):
+        print("note: some ids were not dead letters (already requeued, or mistyped); "
+              "see solar-agent outbox dead-letters")
+    return EXIT_OK
+
+
+async def _requeue_directly(cfg: AgentConfig, ids: list[str] | None) -> int:
+    from agent.outbox import Outbox
+
+    async with Outbox(cfg.outbox) as ob:
+        return await ob.requeue_dead_letters(ids)
+
+
+# -- export -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    files: tuple[Path, ...]
+    rows: int
+    first_time: str | None
+    last_time: str | None
+
+
+def export_backlog(outbox_path: Path, out_dir: Path, encoder: CsvEncoder, *, max_file_bytes: int,
+                   object_name: str, source_name: str, chunk_rows: int = 5000) -> ExportResult:
+    """Write every queued row as bulk CSV files (each <= ``max_file_bytes``) and MANIFEST.txt."""
+    header = encoder.header()
+    if max_file_bytes <= len(header):
+        raise OutboxError(f"--max-file-bytes {max_file_bytes} is smaller than the CSV header",
+                          hint="use at least 1000000")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    rows = 0
+    first = last = None
+    current = None
+    size = 0
+    try:
+        with open_readonly(outbox_path) as conn:
+            conn.execute("BEGIN")   # one snapshot: rows the agent delivers meanwhile do not tear the export
+            after = 0
+            while True:
+                chunk = conn.execute("SELECT seq, time_ms, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                     (after, chunk_rows)).fetchall()
+                if not chunk:
+                    break
+                after = chunk[-1][0]
+                for _, time_ms, payload in chunk:
+                    line = encoder.rows([bytes(payload)])
+                    if len(header) + len(line) > max_file_bytes:
+                        raise OutboxError(f"one row is {len(line)} bytes, over --max-file-bytes {max_file_bytes}",
+                                          hint="raise --max-file-bytes")
+                    if current is None or size + len(line) > max_file_bytes:
+                        if current is not None:
+                            current.close()
+                        path = out_dir / f"{object_name}-{len(files) + 1:04d}.csv"
+                        current = path.open("wb")
+                        files.append(path)
+                        current.write(header)
+                        size = len(header)
+                    current.write(line)
+                    size += len(line)
+                    rows += 1
+                    first = time_ms if first is None else min(first, time_ms)
+                    last = time_ms if last is None else max(last, time_ms)
+            conn.execute("COMMIT")
+    finally:
+        if current is not None:
+            current.close()
+    result = ExportResult(tuple(files), rows, None if first is None else format_time(first),
+                          None if last is None else format_time(last))
+    (out_dir / "MANIFEST.txt").write_text(_manifest(result, outbox_path, object_name, source_name,
+                                                    max_file_bytes), encoding="utf-8")
+    return result
+
+
+def _manifest(r: ExportResult, outbox_path: Path, object_name: str, source_name: str, max_file_bytes: int) -> str:
+    names = "\n".join(f"  {p.name}  {p.stat().st_size} bytes" for p in r.files) or "  (none: the outbox was empty)"
+    return f"""solar-agent outbox export
+exported   {format_time(_now_ms())} from {outbox_path}
+rows       {r.rows}
+time range {r.first_time or '-'} .. {r.last_time or '-'} (reading times, UTC)
+object     {object_name} (Ingestion API connector source {source_name})
+files (CSV, RFC 4180, header in schema order, each <= {max_file_bytes} bytes):
+{names}
+
+These rows are STILL IN THE OUTBOX: the agent keeps them until Data Cloud accepts them, and will
+send them itself when it can. Uploading these files as well is harmless: records are upserted by
+event_id, so a row sent twice lands once.
+
+To upload them yourself with a Data Cloud bulk job (Ingestion API, at most 100 files and 150 MB
+per file per job):
+  1. POST   https://<DC instance>/api/v1/ingest/jobs
+            {{"object": "{object_name}", "sourceName": "{source_name}", "operation": "upsert"}}
+  2. PUT    https://<DC instance>/api/v1/ingest/jobs/<job id>/batches   (Content-Type: text/csv),
+            once per file
+  3. PATCH  https://<DC instance>/api/v1/ingest/jobs/<job id>   {{"state": "UploadComplete"}}
+  4. GET    https://<DC instance>/api/v1/ingest/jobs/<job id>   until "JobComplete" (or "Failed")
+with a Data Cloud token (the a360 token exchange) in "Authorization: Bearer ...".
+"""
+
+
+def _export(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    schema = load_schema(cfg.datacloud.schema_path, cfg.datacloud.object_name)
+    try:
+        result = export_backlog(cfg.outbox.path, args.out, CsvEncoder(schema), max_file_bytes=args.max_file_bytes,
+                                object_name=cfg.datacloud.object_name, source_name=cfg.datacloud.source_name)
+    except OutboxError as exc:
+        return _fail(exc)
+    except OSError as exc:
+        print(f"Error: cannot write into {args.out}: {exc.strerror}", file=sys.stderr)
+        print("Try: --out a directory you can write to, with room for the backlog (df -h)", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"exported {result.rows} rows into {len(result.files)} CSV file(s) in {args.out}"
+          f" ({result.first_time or '-'} .. {result.last_time or '-'})")
+    print(f"see {args.out / 'MANIFEST.txt'} for how to upload them with a bulk job")
+    print("the rows stay in the outbox until Data Cloud accepts them from the agent")
+    return EXIT_OK
+

@@ -23,14 +23,26 @@ Contract (see design.md "Durability"):
   ``dropped_total``, logged) and ``reject_new`` raises ``OutboxFullError``; nothing is silent.
 * A damaged file (``PRAGMA quick_check``) is moved aside as ``<name>.corrupt-<UTC stamp>`` with its
   WAL, a fresh outbox is created, the readable rows are copied in, and the error is logged.
+* Readings taken while the wall clock is unsynchronised are ``hold``-ed in a table of their own,
+  never leasable, and ``release_held`` moves them to the queue with their re-stamped time (or to
+  the dead letters when their boot is gone and their time can never be known).
 * One writer thread owns the connection; the event loop is never blocked. A disk I/O error or a
   full disk while committing raises ``OutboxFatalError``: the process must exit non-zero.
 """
 
 from agent.outbox.store import Outbox, read_stats
-from agent.outbox.types import AppendResult, BulkJobRecord, DeadLetter, Lease, LeasedRow, OutboxStats
+from agent.outbox.types import (
+    AppendResult,
+    BulkJobRecord,
+    DeadLetter,
+    HeldReading,
+    Lease,
+    LeasedRow,
+    OutboxStats,
+    ReleaseResult,
+)
 
 __all__ = [
-    "AppendResult", "BulkJobRecord", "DeadLetter", "Lease", "LeasedRow",
-    "Outbox", "OutboxStats", "read_stats",
+    "AppendResult", "BulkJobRecord", "DeadLetter", "HeldReading", "Lease", "LeasedRow",
+    "Outbox", "OutboxStats", "ReleaseResult", "read_stats",
 ]

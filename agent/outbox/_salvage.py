@@ -24,6 +24,8 @@ _RANGE = 1000
 SalvagedEvent = tuple[str, int, int, int, int, bytes]
 # event_id, payload, reason, rejected_ms, time_ms, attempts
 SalvagedDead = tuple[str, bytes, str, int, int, int]
+# boot_id, boot_ms, held_ms, reading
+SalvagedHeld = tuple[str, int, int, bytes]
 
 
 def move_aside(path: Path) -> Path:
@@ -126,3 +128,16 @@ class Salvage:
             self.skipped += 1
             return []
         return [r for r in rows if isinstance(r[0], str) and isinstance(r[1], bytes)]
+
+    def held(self) -> list[SalvagedHeld]:
+        """The held readings if the table can be read whole (absent before migration 2: none)."""
+        if self._conn is None:
+            return []
+        try:
+            if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'held'").fetchone():
+                return []
+            rows = self._conn.execute("SELECT boot_id, boot_ms, held_ms, reading FROM held ORDER BY id").fetchall()
+        except sqlite3.Error:
+            self.skipped += 1
+            return []
+        return [r for r in rows if isinstance(r[0], str) and isinstance(r[1], int) and _valid_payload(r[3])]

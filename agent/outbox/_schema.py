@@ -54,6 +54,19 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
         )""",
         "INSERT INTO meta VALUES (1, 0, 0, 0, 0, 0, 1)",
     )),
+    (2, "readings held while the clock is unsynchronised", (
+        # Not in `events`: a held row has no trustworthy time, hence no event_id yet, and must
+        # never be leased. boot_id + boot_ms place it on the boot clock for the re-stamp;
+        # reading is the JSON of the Reading (its original, untrusted time_ms included).
+        # AUTOINCREMENT: release and drop_oldest walk the table oldest first by id.
+        """CREATE TABLE held (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            boot_id TEXT NOT NULL,
+            boot_ms INTEGER NOT NULL,
+            held_ms INTEGER NOT NULL,
+            reading BLOB NOT NULL
+        )""",
+    )),
 )
 
 LATEST: Final = MIGRATIONS[-1][0]

@@ -15,6 +15,10 @@ Contract (the package docstring has the whole of it):
   ``stats`` costs two index look-ups whatever the backlog.
 * Only one ``Outbox`` may have a file open (an ``flock`` on ``<path>.lock``): a second writer would
   release the first one's leases. ``read_stats`` takes no lock and writes nothing.
+* Held readings (``hold`` / ``release_held``) live in their own ``held`` table, outside the queue:
+  they have no trustworthy time, so no event id yet, and no lease ever sees them. ``release_held``
+  moves them to the queue re-stamped, or to the dead letters when their boot is gone, one
+  transaction per chunk, so a crash leaves every reading in exactly one of the two places.
 * ``sqlite3`` errors are translated here: disk full, I/O and other storage errors become
   ``OutboxFatalError`` (and every later call raises it too); the process must exit non-zero.
 """
@@ -36,8 +40,8 @@ from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 from agent.config import OutboxConfig
-from agent.errors import OutboxError, OutboxFatalError, OutboxFullError
-from agent.outbox import _schema
+from agent.errors import OutboxError, OutboxFatalError, OutboxFullError, RecordError
+from agent.outbox import _held, _schema
 from agent.outbox._salvage import Salvage, move_aside
 from agent.outbox._writer import WriterThread
 from agent.outbox.types import (
@@ -45,11 +49,13 @@ from agent.outbox.types import (
     AppendResult,
     BulkJobRecord,
     DeadLetter,
+    HeldReading,
     Lease,
     LeasedRow,
     OutboxStats,
+    ReleaseResult,
 )
-from agent.records import EncodedRecord
+from agent.records import EncodedRecord, Reading
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,9 @@ class _Totals:
     dead_letters: int
     dropped_total: int
     next_lease_id: int
+    # Held rows are not in `meta` (migration 1 fixed its columns); open() counts them.
+    held: int = 0
+    held_bytes: int = 0
 
 
 class _Corrupt(Exception):
@@ -235,6 +244,68 @@ class Outbox:
         ids = None if event_ids is None else list(event_ids)
         return await self._call(self._t_requeue, ids)  # type: ignore[no-any-return]
 
+    # ---- readings held while the clock is unsynchronised ---------------------------------------
+
+    async def hold(self, items: Sequence[HeldReading]) -> int:
+        """Store readings that have no trustworthy time yet; durable when it returns.
+
+        They share the byte cap and the free-space floor with the queue: when either would be
+        passed, ``drop_oldest`` deletes the oldest *held* rows (counted in ``dropped_total``) and
+        ``reject_new`` raises. Returns how many were stored.
+
+        Raises:
+            RecordError: a reading cannot be serialised (a metric that is not JSON). Nothing is stored.
+            OutboxFullError: see above. Nothing is stored.
+            OutboxFatalError: the commit failed.
+        """
+        if not items:
+            return 0
+        rows = [(h.boot_id, h.boot_ms, _held.dump_reading(h.reading)) for h in items]
+        return await self._call(self._t_hold, rows)  # type: ignore[no-any-return]
+
+    async def held_count(self) -> int:
+        """How many readings are held (none of them is leasable)."""
+        return await self._call(lambda: self._t.held)  # type: ignore[no-any-return]
+
+    async def release_held(
+        self,
+        restamp: Callable[[str, int], int | None],
+        encode: Callable[[Reading], EncodedRecord],
+        *,
+        boot_id: str,
+        limit: int = 5000,
+    ) -> ReleaseResult:
+        """Move held readings to the queue with their corrected time, oldest first.
+
+        Each held row, in one transaction per ``limit`` rows:
+
+        * from ``boot_id`` (the running boot) and ``restamp(boot_id, boot_ms)`` gives a time: it
+          is queued as ``encode(reading with that time, clock_quality="restamped")``, so its
+          event id comes from the corrected time; a row already queued under that id is kept;
+        * from another boot: its boot clock is gone, so its time can never be known. It goes to
+          the dead letters, encoded with its original time and ``clock_quality="unsynced"``, with
+          the reason ``clock never synchronised during boot <id>; reading time unknown``.
+          Requeueing it is a technician's decision;
+        * otherwise (``restamp`` says None: not yet) or when ``encode`` raises ``RecordError``, it
+          stays held.
+
+        Args:
+            restamp: (boot id, boot ms) -> corrected epoch ms or None. Runs on the writer thread:
+                it must be a pure, fast function (a snapshot of the clocks, not a clock read).
+            encode: the record builder's ``encode``; also runs on the writer thread.
+            boot_id: the running boot; rows of any other boot are lost.
+            limit: rows per transaction.
+        """
+        if limit < 1:
+            raise OutboxError(f"release_held: limit must be >= 1 (got {limit})")
+        total = ReleaseResult()
+        after = 0
+        while True:
+            part, after = await self._call(self._t_release_chunk, restamp, encode, boot_id, after, limit)
+            total = _merge(total, part)
+            if after < 0:
+                return total
+
     # ---- bulk journal --------------------------------------------------------------------------
 
     async def save_job(self, job: BulkJobRecord) -> None:
@@ -333,6 +404,8 @@ class Outbox:
             "SELECT rows, bytes, leased, dead_letters, dropped_total, next_lease_id FROM meta WHERE id=1"
         ).fetchone()
         self._t = _Totals(*row)
+        self._t.held, self._t.held_bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(length(reading)), 0) FROM held").fetchone()
         self._t_release_leftovers()
 
     def _t_lock(self) -> None:
@@ -421,10 +494,16 @@ class Outbox:
                 with self._tx() as c:
                     c.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)", dead)
                     self._t.dead_letters = c.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            held = old.held()
+            if held:
+                with self._tx() as c:
+                    c.executemany("INSERT INTO held (boot_id, boot_ms, held_ms, reading) VALUES (?, ?, ?, ?)", held)
+                    self._t.held += len(held)
+                    self._t.held_bytes += sum(len(h[3]) for h in held)
         log.error(
             "outbox was corrupt and has been replaced path=%s moved_to=%s reason=%r salvaged_rows=%d "
-            "salvaged_dead_letters=%d unreadable=%d salvage_error=%s took_ms=%d hint=%s",
-            self._path, moved, reason, self.salvaged_rows, len(dead), old.skipped, old.error,
+            "salvaged_dead_letters=%d salvaged_held=%d unreadable=%d salvage_error=%s took_ms=%d hint=%s",
+            self._path, moved, reason, self.salvaged_rows, len(dead), len(held), old.skipped, old.error,
             (time.monotonic() - started) * 1000,
             "readings on damaged pages are lost; check the storage (dmesg, SD card wear) and keep "
             f"{moved.name} for analysis or delete it",
@@ -708,6 +787,117 @@ class Outbox:
             self._t.dead_letters -= done
         return done
 
+    # ---- writer-thread side: held readings ----------------------------------------------------
+
+    def _t_hold(self, rows: list[tuple[str, int, bytes]]) -> int:
+        incoming = sum(len(r[2]) for r in rows)
+        cfg = self._config
+        now = self._now_ms()
+        with self._tx() as conn:
+            deficit = self._t.bytes + self._t.held_bytes + incoming - cfg.max_bytes
+            why = "max_bytes"
+            free = self._free_bytes()
+            if free is not None and free < cfg.min_free_bytes + incoming and incoming > deficit:
+                deficit, why = incoming, "min_free_bytes"   # as in append: reuse the freed pages
+            if deficit > 0:
+                self._t_drop_held(conn, deficit, len(rows), why)
+            conn.executemany(
+                "INSERT INTO held (boot_id, boot_ms, held_ms, reading) VALUES (?, ?, ?, ?)",
+                [(b, ms, now, blob) for b, ms, blob in rows],
+            )
+            self._t.held += len(rows)
+            self._t.held_bytes += incoming
+        return len(rows)
+
+    def _t_drop_held(self, conn: sqlite3.Connection, deficit: int, incoming_rows: int, why: str) -> None:
+        hint = (f"raise outbox.{why} or free disk space under {self._path.parent}; the clock has not "
+                "synchronised for a long time: check `timedatectl timesync-status` and that UDP 123 is reachable")
+        if self._config.when_full == "reject_new":
+            log.warning("outbox full, rejecting new held readings path=%s limit=%s rows=%d hint=%s",
+                        self._path, why, incoming_rows, hint)
+            raise OutboxFullError(f"outbox {self._path} is full ({why})", hint=hint)
+        # Only held rows are dropped for held rows: queued rows have a good time and may be sent.
+        freed, last = 0, None
+        cur = conn.execute("SELECT id, length(reading) FROM held ORDER BY id")
+        for rid, size in cur:
+            freed += size
+            last = rid
+            if freed >= deficit:
+                break
+        cur.close()
+        if last is None or freed < deficit:
+            raise OutboxFullError(
+                f"outbox {self._path} is full ({why}): dropping every held reading would free {freed} bytes, "
+                f"{deficit} are needed; nothing was held", hint=hint)
+        conn.execute("DELETE FROM held WHERE id <= ?", (last,))
+        n = conn.execute("SELECT changes()").fetchone()[0]
+        self._t.held -= n
+        self._t.held_bytes -= freed
+        self._t.dropped_total += n
+        self._log_drops(n, why, hint)
+
+    def _t_release_chunk(
+        self,
+        restamp: Callable[[str, int], int | None],
+        encode: Callable[[Reading], EncodedRecord],
+        boot_id: str,
+        after: int,
+        limit: int,
+    ) -> tuple[ReleaseResult, int]:
+        """One transaction of ``release_held``; returns its result and the next ``after`` (-1: done)."""
+        now = self._now_ms()
+        restamped = nbytes = duplicates = lost = waiting = failed = 0
+        lost_boots: set[str] = set()
+        error: str | None = None
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id, boot_id, boot_ms, reading FROM held WHERE id > ? ORDER BY id LIMIT ?", (after, limit),
+            ).fetchall()
+            done: list[tuple[int, int]] = []
+            for rid, bid, bms, blob in rows:
+                reading = _held.load_reading(blob)
+                if bid == boot_id:
+                    t = restamp(bid, bms)
+                    if t is None:
+                        waiting += 1
+                        continue
+                    fixed = dataclasses.replace(reading, time_ms=t, clock_quality="restamped")
+                else:
+                    fixed = dataclasses.replace(reading, clock_quality="unsynced")
+                try:
+                    rec = encode(fixed)
+                except RecordError as exc:
+                    failed += 1
+                    error = error or f"device {reading.device_id}: {exc}"
+                    continue
+                if bid == boot_id:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (rec.event_id, len(rec.payload), now, rec.time_ms, rec.payload),
+                    )
+                    if conn.execute("SELECT changes()").fetchone()[0]:
+                        restamped += 1
+                        nbytes += len(rec.payload)
+                    else:
+                        duplicates += 1
+                else:
+                    reason = f"clock never synchronised during boot {bid}; reading time unknown"
+                    conn.execute("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, 0)",
+                                 (rec.event_id, rec.payload, reason, now, rec.time_ms))
+                    self._t.dead_letters += conn.execute("SELECT changes()").fetchone()[0]
+                    lost += 1
+                    lost_boots.add(bid)
+                done.append((rid, len(blob)))
+            for chunk in _chunks(done):
+                conn.execute(f"DELETE FROM held WHERE id IN ({_marks(len(chunk))})", [r for r, _ in chunk])
+            self._t.rows += restamped
+            self._t.bytes += nbytes
+            self._t.held -= len(done)
+            self._t.held_bytes -= sum(b for _, b in done)
+        part = ReleaseResult(restamped, nbytes, duplicates, lost, tuple(sorted(lost_boots)), waiting, failed, error)
+        return part, (rows[-1][0] if len(rows) == limit else -1)
+
     # ---- writer-thread side: reads and the journal ---------------------------------------------
 
     def _t_stats(self) -> OutboxStats:
@@ -715,7 +905,7 @@ class Outbox:
         row = self._conn.execute("SELECT enqueued_ms FROM events ORDER BY seq LIMIT 1").fetchone()
         t = self._t
         return OutboxStats(t.rows, t.bytes, t.leased, row[0] if row else None, t.dead_letters,
-                           t.dropped_total, _file_bytes(self._path))
+                           t.dropped_total, _file_bytes(self._path), t.held)
 
     def _t_peek(self, limit: int) -> list[LeasedRow]:
         assert self._conn is not None
@@ -752,6 +942,14 @@ class Outbox:
     def _t_delete_job(self, lease_id: int) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM bulk_jobs WHERE lease_id = ?", (lease_id,))
+
+
+def _merge(a: ReleaseResult, b: ReleaseResult) -> ReleaseResult:
+    return ReleaseResult(
+        a.restamped + b.restamped, a.restamped_bytes + b.restamped_bytes, a.duplicates + b.duplicates,
+        a.lost + b.lost, tuple(sorted({*a.lost_boots, *b.lost_boots})), a.waiting + b.waiting,
+        a.failed + b.failed, a.error or b.error,
+    )
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -793,6 +991,8 @@ def read_stats(path: Path) -> OutboxStats:
             "SELECT rows, bytes, leased, dead_letters, dropped_total FROM meta WHERE id=1"
         ).fetchone()
         oldest = conn.execute("SELECT enqueued_ms FROM events ORDER BY seq LIMIT 1").fetchone()
+        has_held = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'held'").fetchone()
+        held = conn.execute("SELECT count(*) FROM held").fetchone()[0] if has_held else 0
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read outbox {path}: {exc}",
@@ -802,4 +1002,4 @@ def read_stats(path: Path) -> OutboxStats:
     if meta is None:
         raise OutboxError(f"outbox {path} has no totals row", hint="start the agent once to migrate the file")
     rows, size, leased, dead, dropped = meta
-    return OutboxStats(rows, size, leased, oldest[0] if oldest else None, dead, dropped, _file_bytes(path))
+    return OutboxStats(rows, size, leased, oldest[0] if oldest else None, dead, dropped, _file_bytes(path), held)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.records import Reading
+
 # Bulk job states after which the remote side will never touch the job's rows again.
 TERMINAL_JOB_STATES = frozenset({"JobComplete", "Failed", "Aborted"})
 
@@ -36,6 +38,7 @@ class OutboxStats:
     dead_letters: int
     dropped_total: int        # rows dropped by the full-disk policy since the file was created
     file_bytes: int
+    held: int = 0             # readings held back while the clock was unsynchronised (not leasable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +69,37 @@ class DeadLetter:
     payload: bytes
     reason: str
     rejected_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldReading:
+    """A reading taken while the wall clock was unsynchronised, placed on the boot clock.
+
+    ``reading.time_ms`` is the untrusted wall time the source put on it (kept for the record);
+    ``boot_ms`` is where it sits on the boot clock of ``boot_id``, which is what a re-stamp uses.
+    """
+
+    reading: Reading
+    boot_id: str
+    boot_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    """What one ``release_held`` did.
+
+    ``restamped`` rows went to the queue with their corrected time (``duplicates`` of them were
+    already queued under the same event id); ``lost`` rows came from another boot and went to the
+    dead letters (``lost_boots`` names those boots); ``waiting`` rows stay held because the clock
+    cannot re-stamp them yet; ``failed`` rows stay held because they no longer encode (``error``
+    has the first reason, e.g. a schema change).
+    """
+
+    restamped: int = 0
+    restamped_bytes: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    lost_boots: tuple[str, ...] = ()
+    waiting: int = 0
+    failed: int = 0
+    error: str | None = None

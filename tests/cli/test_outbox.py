@@ -20,6 +20,10 @@ from tests.cli.test_status_drain import records
 from tests.peers.emulator import make_keypair, running_emulator
 
 
+def listing(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
 async def filled_site(tmp_path: Path, *, rows: int = 30, dead: int = 3, **cfg: object) -> tuple[Site, list[str]]:
     """An outbox with ``rows`` queued rows, ``dead`` of them then rejected into dead letters."""
     if "key" not in cfg:
@@ -39,7 +43,7 @@ async def filled_site(tmp_path: Path, *, rows: int = 30, dead: int = 3, **cfg: o
 
 async def test_stats_peek_dead_letters_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     site, dead_ids = await filled_site(tmp_path)
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = listing(tmp_path)
     assert await cli("outbox", "--config", site.config, "stats") == 0
     out = capsys.readouterr().out
     assert "rows          27" in out and "dead letters  3" in out
@@ -52,7 +56,7 @@ async def test_stats_peek_dead_letters_read_only(tmp_path: Path, capsys: pytest.
     assert first in out and f"reason: field ac_power_w: bad value {dead_ids.index(first)}" in out
     assert "2 of 3" in out
     assert "Try: " in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == before   # no -wal/-shm created, nothing changed
+    assert listing(tmp_path) == before   # no -wal/-shm created, nothing changed
 
 
 async def test_read_only_commands_while_the_agent_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

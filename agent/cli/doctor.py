@@ -54,11 +54,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if not args.verbose:
-        # The checks report failures themselves; library logs would repeat them as noise.
-        for noisy in ("pymodbus", "agent", "aiohttp"):
-            logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    return asyncio.run(run(args.config, timeout_seconds=args.timeout))
+    quiet = () if args.verbose else ("pymodbus", "agent", "aiohttp")
+    # The checks report failures themselves; library logs would repeat them as noise. The levels
+    # are restored afterwards: main() may run in a process that goes on (tests, a REPL).
+    saved = {name: logging.getLogger(name).level for name in quiet}
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(run(args.config, timeout_seconds=args.timeout))
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 async def run(config: str | None, *, timeout_seconds: float = 15.0, clock: ClockGuard | None = None) -> int:

@@ -82,7 +82,8 @@ def test_any_records_in_schema_order_match_the_reference(recs: list[dict[str, An
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(records, st.randoms(use_true_random=False), st.booleans()), min_size=1, max_size=6))
-def test_mixed_batches_keep_order_across_fast_and_slow_rows(items: list[tuple[dict[str, Any], random.Random, bool]]) -> None:
+def test_mixed_batches_keep_order_across_fast_and_slow_rows(
+        items: list[tuple[dict[str, Any], random.Random, bool]]) -> None:
     """Reordered keys, missing keys and extra keys take the slow path, in place within the batch."""
     payloads = []
     for rec, rnd, drop in items:

@@ -116,6 +116,11 @@ class HoldBack:
         self._floor = not_before_ms
         self._on_released = on_released
         self._unsynced_at: int | None = None    # boot ms of the last "unsynced" observation
+        first = clock.stamp()
+        if first.quality != "synced":
+            # Seen now, before any source runs: a reading stamped before a sync that happens
+            # before our first admit is then still caught by the race check.
+            self._unsynced_at = first.boot_ms
         self._held_known = True                 # rows may be held (run() starts by releasing)
         self._lost_checked = False              # rows of earlier boots dead-lettered already?
         self._failed_logged = 0

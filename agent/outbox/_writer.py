@@ -10,6 +10,7 @@ blocks on SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -115,7 +116,7 @@ class WriterThread:
                 group_done = True
                 try:
                     results = self._group([g.item for g in grouped])
-                except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
+                except BaseException as exc:
                     results = [exc] * len(grouped)
                 for g, r in zip(grouped, results, strict=True):
                     if isinstance(r, BaseException):
@@ -125,14 +126,13 @@ class WriterThread:
 
     @staticmethod
     def _deliver(op: _Op, result: Any, exc: BaseException | None) -> None:
-        try:
+        # RuntimeError: the loop is closed, nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
             op.loop.call_soon_threadsafe(_settle, op.fut, result, exc)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting any more
 
 
 def _invoke(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
     try:
         return fn(), None
-    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller, not swallowed
+    except BaseException as exc:
         return None, exc

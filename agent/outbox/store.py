@@ -764,11 +764,9 @@ class Outbox:
 
     def _t_requeue(self, ids: list[str] | None) -> int:
         now = self._now_ms()
-        conds: list[tuple[str, tuple[Any, ...]]]
-        if ids is None:
-            conds = [("1", ())]
-        else:
-            conds = [(f"event_id IN ({_marks(len(c))})", tuple(c)) for c in _chunks(ids)]
+        conds: list[tuple[str, tuple[Any, ...]]] = (
+            [("1", ())] if ids is None else [(f"event_id IN ({_marks(len(c))})", tuple(c)) for c in _chunks(ids)]
+        )
         done = 0
         with self._tx() as conn:
             before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]

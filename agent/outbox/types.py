@@ -47,7 +47,8 @@ class BulkJobRecord:
 
     lease_id: int
     job_id: str | None        # None until the create call answered
-    state: str                # local view: creating | Open | uploading | UploadComplete | InProgress | JobComplete | Failed | Aborted
+    # local view: creating | Open | uploading | UploadComplete | InProgress | JobComplete | Failed | Aborted
+    state: str
     files_uploaded: int = 0
     updated_ms: int = 0
 

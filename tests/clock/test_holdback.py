@@ -11,7 +11,7 @@ from agent.errors import OutboxFullError
 from agent.holdback import DEFAULT_MAX_AGE_MS
 from agent.outbox import HeldReading, Outbox
 from agent.records import Reading, decode_json, event_id, format_time
-from tests.clock.conftest import BUILDER, STALE_MS, TRUE_START_MS, Host, holdback
+from tests.clock.conftest import STALE_MS, TRUE_START_MS, Host, holdback
 
 LOST_REASON = "clock never synchronised during boot boot-a; reading time unknown"
 
@@ -233,3 +233,13 @@ def test_fixture_clock_starts_in_1970_and_true_time_is_2025() -> None:
     host = Host()
     assert host.wall() < NOT_BEFORE_MS <= TRUE_START_MS == host.true_ms
     assert not host.guard().synced()
+
+
+async def test_a_sync_before_the_first_admit_is_still_caught(outbox: Outbox) -> None:
+    host = Host(wall_at_boot=STALE_MS)
+    hb = holdback(outbox, host)          # created at start, while unsynchronised
+    stale = host.read("inv1")
+    host.advance(300)
+    host.sync()
+    ready, _ = await hb.admit([stale])
+    assert (ready[0].time_ms, ready[0].clock_quality) == (host.true_ms, "restamped")

@@ -111,7 +111,7 @@ class HealthInputs:
     clock_synced: bool = True
 
 
-# Stable reason codes; docs/operations.md explains each one to the technician.
+# Stable reason codes; the README (operations guide) explains each one to the technician.
 DEVICE_SILENT = "device_silent"
 DELIVERY_LAGGING = "delivery_lagging"
 AUTH_FAILING = "auth_failing"

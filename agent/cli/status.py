@@ -27,7 +27,7 @@ NOT_RUNNING_HINT = "systemctl status solar-agent; journalctl -u solar-agent -n 5
 _DESCRIPTION = f"""\
 Show what the running agent is doing, read over its status socket:
 
-  health   OK, or DEGRADED with the reasons (docs/operations.md explains each one)
+  health   OK, or DEGRADED with the reasons (the README explains each one)
   devices  state, age of the last reading, errors by kind (timeout, crc, exception, ...)
   lanes    stream and bulk: rows sent, last success, next retry, last error
   outbox   rows and bytes waiting, age of the oldest, dead letters, rows dropped when full

@@ -59,7 +59,8 @@ def _disk(path: Path) -> str:
     dev = Path(source).name
     rot = _read(f"/sys/class/block/{dev}/queue/rotational").strip() or _read(
         f"/sys/class/block/{re.sub(r'p?[0-9]+$', '', dev)}/queue/rotational").strip()
-    kind = {"0": "non-rotational (SSD/virtual)", "1": "rotational"}.get(rot, "media unknown")
+    kind = {"0": "rotational=0 (SSD)", "1": "rotational=1 per the kernel (virtio disks report 1 too)"}.get(
+        rot, "media unknown")
     return f"{fstype} on {source}, {kind}"
 
 

@@ -138,6 +138,14 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockConfig:
+    # Trust the wall clock whenever it is past the build-date floor, whatever the kernel reports.
+    # For hosts whose kernel never clears STA_UNSYNC (some containers and VMs) and the emulator
+    # rehearsal; never on a real gateway, where unsynchronised readings are held and re-stamped.
+    assume_synced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     source_file: str
     site: SiteConfig
@@ -147,6 +155,7 @@ class AgentConfig:
     mqtt: tuple[MqttConfig, ...] = ()
     drain: DrainConfig = field(default_factory=DrainConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +314,7 @@ def redacted(cfg: AgentConfig) -> dict[str, Any]:
     for feed in plain.get("mqtt", []):
         _drop_defaults(feed, MqttConfig, () if feed["profile"] == "generic" else _GENERIC_ONLY)
         _drop_defaults(feed, MqttConfig, () if feed["profile"] == "victron" else ("portal_id",))
-    order = ("site", "outbox", "modbus", "mqtt", "datacloud", "drain", "status")
+    order = ("site", "outbox", "modbus", "mqtt", "datacloud", "drain", "status", "clock")
     return {k: plain[k] for k in sorted(plain, key=lambda k: order.index(k) if k in order else len(order))}
 
 

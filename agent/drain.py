@@ -114,9 +114,9 @@ class _Kick:
     def set(self) -> None:
         self.event.set()
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, seconds: float) -> bool:
         try:
-            await asyncio.wait_for(self.event.wait(), timeout=max(0.0, timeout))
+            await asyncio.wait_for(self.event.wait(), timeout=max(0.0, seconds))
         except TimeoutError:
             return False
         finally:

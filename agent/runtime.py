@@ -12,23 +12,22 @@ import asyncio
 import contextlib
 import logging
 import signal
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from agent import __version__
-from agent.config import AgentConfig, load_config
 from agent.bulk_lane import BulkLane
+from agent.clock import ClockGuard
+from agent.config import AgentConfig, load_config
 from agent.datacloud import BulkClient, Pacer, StreamingClient, TokenProvider, make_ssl_context
 from agent.drain import Drain
 from agent.errors import AgentError, ConfigError, OutboxFatalError, OutboxFullError, RecordError, SchemaError
+from agent.holdback import HoldBack
 from agent.metrics import AgentMetrics
-from agent.clock import ClockGuard
 from agent.notify import Notifier, Watchdog, watchdog_interval
 from agent.outbox import Outbox, OutboxStats
 from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
@@ -69,6 +68,7 @@ class _Run:
     builder: RecordBuilder
     started_ms: int
     tokens: TokenProvider
+    holdback: HoldBack | None = None       # readings taken while the clock is unsynchronised
     stats: OutboxStats | None = None       # cached for health(), which must not do I/O
     source_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -97,7 +97,7 @@ class Agent:
         self._run: _Run | None = None
         self.notifier = Notifier.from_env()
         self.watchdog = Watchdog(self.notifier)
-        self.clock = clock or ClockGuard()
+        self.clock = clock or ClockGuard(assume_synced=cfg.clock.assume_synced)
         self.ready = asyncio.Event()
 
     # -- control ------------------------------------------------------------------------------------
@@ -173,7 +173,11 @@ class Agent:
                           pacer=Pacer(cfg.drain.max_requests_per_second),
                           on_sent=self._count_sent, on_rejected=self._count_rejected,
                           beat=self.watchdog.beat)
-            run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens)
+            # Created before the sources start, so it sees an unsynchronised clock before any reading.
+            holdback = HoldBack(outbox, self.clock, builder,
+                                on_released=lambda r: drain.notify_appended(r.restamped, r.restamped_bytes))
+            run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens,
+                       holdback=holdback)
             self._run = run
             if self._status_enabled:
                 await stack.enter_async_context(
@@ -194,6 +198,8 @@ class Agent:
             self.watchdog.register("drain")
             drain_task = tg.create_task(run.drain.run(), name="agent[drain]")
             status_task = tg.create_task(self._publish_status(run), name="agent[notify]")
+            assert run.holdback is not None
+            holdback_task = tg.create_task(run.holdback.run(), name="agent[clock.holdback]")
             interval = watchdog_interval()
             if interval is not None:
                 wd_task = tg.create_task(self.watchdog.run(interval / 2), name="agent[watchdog]")
@@ -215,6 +221,7 @@ class Agent:
                             STOP_DEADLINE_SECONDS)
             drain_task.cancel()
             status_task.cancel()
+            holdback_task.cancel()
             if wd_task is not None:
                 wd_task.cancel()
         self.ready.clear()
@@ -241,7 +248,8 @@ class Agent:
             self.metrics.outbox_events.set(stats.rows)
             self.metrics.dead_letters.set(stats.dead_letters)
             if stats.oldest_enqueued_ms is not None:
-                self.metrics.oldest_undelivered_seconds.set(max(0.0, (self._now_ms() - stats.oldest_enqueued_ms) / 1000))
+                age_s = (self._now_ms() - stats.oldest_enqueued_ms) / 1000
+                self.metrics.oldest_undelivered_seconds.set(max(0.0, age_s))
             else:
                 self.metrics.oldest_undelivered_seconds.set(0)
             self.metrics.outbox_bytes.set(stats.bytes)
@@ -254,9 +262,18 @@ class Agent:
         if run is None:
             raise asyncio.CancelledError
         encoded: list[EncodedRecord] = []
-        if not self.clock.synced():
-            # Flag, never pass off an untrusted wall time as a good one (a gateway without RTC boots in 1970).
-            readings = [dataclasses.replace(r, clock_quality="unsynced") for r in readings]
+        source = readings[0].source if readings else ""
+        assert run.holdback is not None
+        try:
+            # Readings whose time cannot be trusted are held durably (committed when admit returns)
+            # and re-stamped once the clock syncs; never sent with a wrong time.
+            readings, held = await run.holdback.admit(readings)
+        except OutboxFullError as exc:
+            self.metrics.events_discarded_total.inc(len(readings), reason="outbox_full")
+            log.error("outbox: full, %d new readings refused (when_full=reject_new): %s", len(readings), exc)
+            return
+        if held:
+            self.metrics.received_events_total.inc(held, source=source)
         for reading in readings:
             try:
                 encoded.append(run.builder.encode(reading))
@@ -271,7 +288,6 @@ class Agent:
             self.metrics.events_discarded_total.inc(len(encoded), reason="outbox_full")
             log.error("outbox: full, %d new readings refused (when_full=reject_new): %s", len(encoded), exc)
             return
-        source = readings[0].source
         self.metrics.received_events_total.inc(result.appended, source=source)
         if result.dropped:
             self.metrics.events_discarded_total.inc(result.dropped, reason="outbox_full")
@@ -348,12 +364,15 @@ class Agent:
              else round((now - h.last_reading_ms) / 1000, 1), "last_error": h.last_error}
             for src in run.sources for h in src.health()
         ]
+        def age_s(ms: int | None) -> float | None:
+            return None if ms is None else round((now - ms) / 1000, 1)
+
         lanes = {}
         for st in (run.drain.stream_state, run.drain.bulk_state):
             lanes[st.name] = {
                 "sent": st.sent_total, "requests": st.requests_total, "rejected": st.rejected_total,
                 "failures": st.failures_total, "consecutive_failures": st.consecutive_failures,
-                "last_success_age_s": None if st.last_success_ms is None else round((now - st.last_success_ms) / 1000, 1),
+                "last_success_age_s": age_s(st.last_success_ms),
                 "retry_in_s": None if not st.retry_at_ms else max(0.0, round((st.retry_at_ms - now) / 1000, 1)),
                 "last_error": st.last_error, "active": st.active,
             }
@@ -371,6 +390,7 @@ class Agent:
                 "oldest_age_s": None if stats.oldest_enqueued_ms is None
                 else round((now - stats.oldest_enqueued_ms) / 1000, 1),
                 "dead_letters": stats.dead_letters, "dropped_total": stats.dropped_total,
+                "held": stats.held,
                 "file_bytes": stats.file_bytes, "max_bytes": run.cfg.outbox.max_bytes,
             },
         }
@@ -389,7 +409,8 @@ class Agent:
         return evaluate_health(HealthInputs(
             now_ms=self._now_ms(), started_ms=run.started_ms, devices=devices,
             oldest_undelivered_ms=stats.oldest_enqueued_ms if stats else None,
-            auth_ok=False if auth_failing else None, auth_error=run.drain.stream_state.last_error if auth_failing else "",
+            auth_ok=False if auth_failing else None,
+            auth_error=run.drain.stream_state.last_error if auth_failing else "",
             outbox_bytes=stats.bytes if stats else 0, outbox_max_bytes=run.cfg.outbox.max_bytes,
             clock_synced=self.clock.synced(),
         ))

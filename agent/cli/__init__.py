@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Gateway agent that reads solar inverters (SunSpec Modbus RTU/TCP, MQTT) and delivers every "
             "reading to Salesforce Data Cloud through a durable local outbox."
         ),
-        epilog="Start here on a new site: solar-agent check-config /etc/solar-agent/site.toml, then solar-agent doctor.",
+        epilog=("Start here on a new site: solar-agent check-config /etc/solar-agent/site.toml, "
+                "then solar-agent doctor."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"solar-agent {__version__}")

@@ -6,7 +6,6 @@ Every Data Cloud call goes through :func:`translate` (transport errors) and :fun
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import time
@@ -27,7 +26,7 @@ def translate(what: str) -> Iterator[None]:
     """Turn transport failures inside the block into ``RetryableError`` (a timeout is transient too)."""
     try:
         yield
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         # ClientResponseError would only come from raise_for_status(), which we never call.
         raise RetryableError(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "),
                              hint="check the network path to Data Cloud; the agent retries with backoff") from exc

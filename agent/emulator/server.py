@@ -437,7 +437,8 @@ class Emulator:
         if not ids:
             raise ApiError(400, "no ids: pass ?ids=a,b or a JSON body {\"ids\": [...]}")
         if len(ids) > self.settings.max_delete_ids:
-            raise ApiError(400, f"{len(ids)} ids; at most {self.settings.max_delete_ids} per request, use a bulk delete job")
+            raise ApiError(400, f"{len(ids)} ids; at most {self.settings.max_delete_ids} per request, "
+                                "use a bulk delete job")
         await self._land(lambda: self.store.delete(ids), "delete")
         return web.json_response({"accepted": True}, status=202)
 

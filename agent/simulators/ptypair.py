@@ -11,6 +11,7 @@ when a peer closes and reopens its port.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -46,10 +47,8 @@ class _End:
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class PtyPair:

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Final, TypeAlias
 
@@ -108,7 +108,7 @@ def _parse_group(doc: Mapping[str, object]) -> GroupDef:
                     count if isinstance(count, (str, int)) else None, offset)
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_def(model_id: int) -> ModelDef:
     """The official definition of a model, read from pysunspec2's package data."""
     path = resources.files("sunspec2") / "models" / "json" / f"model_{model_id}.json"
@@ -187,10 +187,7 @@ def _decode_group(group: GroupDef, regs: Sequence[int], base: int, end: int,
         value = raws[p.name]
         if p.sf is not None and isinstance(value, int) and p.type != "sunssf":
             sf: Scalar
-            if isinstance(p.sf, int):
-                sf = p.sf
-            else:
-                sf = next((s[p.sf] for s in scopes if p.sf in s), None)
+            sf = p.sf if isinstance(p.sf, int) else next((s[p.sf] for s in scopes if p.sf in s), None)
             value = _scale(value, sf) if isinstance(sf, int) and -10 <= sf <= 10 else None
         out[p.name] = value
     offset = base + group.length

@@ -232,7 +232,8 @@ async def test_dropped_total_and_counters_persist(open_outbox: Callable[..., Out
         again = await ob.stats()
     assert (again.rows, again.bytes, again.dropped_total) == (first.rows, first.bytes, 2)
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT id FROM schema_migrations").fetchall() == [(1,)]
+        from agent.outbox._schema import LATEST
+        assert conn.execute("SELECT id FROM schema_migrations").fetchall() == [(i,) for i in range(1, LATEST + 1)]
         assert conn.execute("SELECT count(*), total(bytes) FROM events").fetchone() == (again.rows, again.bytes)
 
 

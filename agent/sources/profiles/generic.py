@@ -80,7 +80,7 @@ class GenericDecoder(BaseDecoder):
             if ts is not None:
                 if not 0 < ts < _MAX_EPOCH_S:
                     raise PayloadError(f"topic={topic} {self.time_path}={ts} is not epoch seconds")
-                t_ms = int(round(ts * 1000))
+                t_ms = round(ts * 1000)
         out.append(Reading(device_id=device, time_ms=t_ms, source=self.asm.source, metrics=metrics))
 
     def _device(self, topic: str, doc: Mapping[str, object]) -> str:

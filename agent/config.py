@@ -871,7 +871,8 @@ def _topic_problem(topic: str) -> str | None:
     return None
 
 
-def _loopback(host: str | None) -> bool:
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost and loopback addresses: the only hosts where plain http is accepted (the emulator)."""
     if not host:
         return False
     if host == "localhost":
@@ -893,7 +894,7 @@ def _check_datacloud(ctx: _Ctx, dc: DataCloudConfig, path: str, data: Mapping[st
     prod_hint = "https://login.salesforce.com, https://test.salesforce.com (sandbox) or your My Domain URL"
     if parts.username is not None or parts.password is not None:
         ctx.error(key, "must not carry credentials", hint=f"use {prod_hint}")
-    elif parts.scheme == "http" and _loopback(parts.hostname):
+    elif parts.scheme == "http" and is_loopback_host(parts.hostname):
         pass  # the local emulator; certificates cannot matter on loopback
     elif parts.scheme == "http":
         ctx.error(key, "must be https (http only for a loopback emulator)", _show(dc.login_url),

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import sqlite3
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from agent.cli.status import add_config_args, human_age, human_bytes, load_for_socket
 from agent.config import AgentConfig, load_config
 from agent.errors import OutboxError
-from agent.outbox import read_stats
+from agent.outbox import open_readonly, read_stats
 from agent.records import CsvEncoder, format_time, load_schema
 
 EXIT_OK = 0
@@ -106,32 +102,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 # -- read-only access ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def open_readonly(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to an outbox file; creates and changes nothing.
-
-    With a ``-wal`` beside it (agent running, or crashed) the connection shares the agent's WAL
-    index and reads a consistent snapshot; without one, ``immutable`` keeps SQLite from creating
-    ``-wal``/``-shm`` files next to a cleanly closed outbox.
-    """
-    if not path.is_file():
-        raise OutboxError(f"no outbox at {path}", hint="the agent creates it on first start; check outbox.path")
-    mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise OutboxError(f"cannot open outbox {path} read-only: {exc}",
-                          hint="check the file's permissions (sudo?)") from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        yield conn
-    except sqlite3.Error as exc:
-        raise OutboxError(f"cannot read outbox {path}: {exc}",
-                          hint="sudo, or `solar-agent doctor` to check the file") from exc
-    finally:
-        conn.close()
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:

@@ -11,7 +11,6 @@ logged and never shown in a repr.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import stat
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 
-from agent.config import DataCloudConfig
+from agent.config import DataCloudConfig, is_loopback_host
 from agent.datacloud._http import excerpt, parse_json, parse_retry_after, translate
 from agent.errors import AuthError, RetryableError, ThrottledError
 
@@ -65,15 +64,6 @@ def make_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def normalise_url(url: str, what: str) -> str:
     """``https://host[:port]`` from a URL or a bare host; plain http only for loopback (the emulator)."""
     url = url.strip()
@@ -84,7 +74,7 @@ def normalise_url(url: str, what: str) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise AuthError(f"{what} {url!r} is not an http(s) URL",
                         hint="use https://login.salesforce.com (or https://test.salesforce.com for sandboxes)")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise AuthError(f"{what} {url!r} uses plain http to a non-loopback host",
                         hint="Data Cloud needs https; plain http is only for the local emulator on 127.0.0.1")
     return url

@@ -30,7 +30,8 @@ Contract (see design.md "Durability"):
   full disk while committing raises ``OutboxFatalError``: the process must exit non-zero.
 """
 
-from agent.outbox.store import Outbox, read_stats
+from agent.outbox.readonly import open_readonly, read_stats
+from agent.outbox.store import Outbox
 from agent.outbox.types import (
     AppendResult,
     BulkJobRecord,
@@ -44,5 +45,5 @@ from agent.outbox.types import (
 
 __all__ = [
     "AppendResult", "BulkJobRecord", "DeadLetter", "HeldReading", "Lease", "LeasedRow",
-    "Outbox", "OutboxStats", "ReleaseResult", "read_stats",
+    "Outbox", "OutboxStats", "ReleaseResult", "open_readonly", "read_stats",
 ]

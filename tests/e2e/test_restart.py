@@ -106,8 +106,11 @@ async def test_restart_during_an_outage_with_a_journaled_job_keeps_running(tmp_p
         site.emu.set_faults(Faults(outage=True))     # the link drops with the gateway (a power cut)
         second = await site.start_agent()
         # Through a few retry periods of the outage the agent must stay up and keep reading.
-        before = len(watcher.seen)
-        await wait_for(lambda: len(watcher.seen) > before + 20 or not second.alive(), 15, "more readings")
+        before = len(await watcher.snapshot())
+
+        async def more_readings_or_exit() -> bool:
+            return len(await watcher.snapshot()) > before + 20 or not second.alive()
+        await wait_for(more_readings_or_exit, 15, "more readings")
         assert second.alive(), second.log_text()[-3000:]
         site.emu.set_faults(Faults())
         await _finish(site, watcher)

@@ -162,6 +162,16 @@ def _proc_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def _proc_pss_uss_mb(pid: int) -> tuple[float, float]:
+    """Proportional and private (unshared) memory: shared libraries (libcrypto, libssl, libpython)
+    count fully in RSS but are shared with every other process that maps them."""
+    kb: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        kb[key] = int(rest.split()[0])
+    return kb.get("Pss", 0) / 1024, (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024
+
+
 def _keypair(tmp: Path) -> tuple[Path, bytes]:
     from agent.keys import generate_keypair
     keys = generate_keypair(tmp / "keys")
@@ -213,6 +223,7 @@ def measure(warmup_s: float, window_s: float) -> dict[str, Any]:
                 rss.append(_proc_rss_mb(pid))
                 time.sleep(1.0)       # the RSS sampling period
             cpu1, w1, t1_ms = _proc_cpu_seconds(pid), time.monotonic(), time.time_ns() // 1_000_000
+            pss, uss = _proc_pss_uss_mb(pid)
             emu.conn.send("collect")
             landed: list[tuple[int, int]] = emu.recv(60)
         finally:
@@ -226,6 +237,7 @@ def measure(warmup_s: float, window_s: float) -> dict[str, Any]:
     q = statistics.quantiles(window, n=100, method="inclusive")
     return {
         "rss_max_mb": max(rss), "rss_median_mb": statistics.median(rss), "imports_rss_mb": imports_rss_mb,
+        "pss_mb": pss, "uss_mb": uss,
         "cpu_share_pct": 100 * (cpu1 - cpu0) / (w1 - w0),
         "p50_s": q[49] / 1000, "p99_s": q[98] / 1000, "max_s": window[-1] / 1000,
         "rows_per_s": len(window) / ((t1_ms - t0_ms) / 1000), "rows": len(window), "window_s": w1 - w0,
@@ -242,7 +254,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         {"name": f"agent steady RSS, max of 1 s samples ({site})", "ours": round(m["rss_max_mb"], 1),
          "raw": None, "ratio": None, "unit": "MB", "target": "<= 60",
          "note": f"median {m['rss_median_mb']:.1f} MB; {m['imports_rss_mb']:.1f} MB of it is the interpreter "
-                 f"and imports before the agent starts; {how}"},
+                 f"and imports before the agent starts; at the end PSS {m['pss_mb']:.1f} MB, private "
+                 f"{m['uss_mb']:.1f} MB; {how}"},
         {"name": "agent CPU share of one core (utime+stime / wall)", "ours": round(m["cpu_share_pct"], 2),
          "raw": None, "ratio": None, "unit": "%", "target": "<= 3"},
         {"name": "latency p50, reading stamp -> landed in the emulator store", "ours": round(m["p50_s"], 3),

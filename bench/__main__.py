@@ -14,6 +14,7 @@ import datetime as dt
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def _child(name: str, quick: bool, result_file: Path) -> int:
 def _run_one(name: str, quick: bool) -> dict[str, Any]:
     """Run one benchmark in a child process, echo its output, and return its section."""
     started = time.time()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         result_file = Path(tmp) / "rows.json"
         cmd = [sys.executable, "-m", "bench", "--child", name, "--result-file", str(result_file)]
@@ -68,6 +70,8 @@ def _run_one(name: str, quick: bool) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench" + (" --quick" if quick else "") + f" (section {name})",
         "rows": rows,
+        # Other work on the box skews fsync-bound and wall-clock figures: say how busy it was.
+        "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
     if rows is None:
         tail = "\n".join(stderr.strip().splitlines()[-15:])
@@ -96,7 +100,9 @@ def render(sections: dict[str, dict[str, Any]], command: str) -> str:
         s = sections[name]
         out += ["", f"## {name}: {s['title']}", "",
                 f"Measured {s['date']}, `{s['command']}`{', QUICK sizes' if s['quick'] else ''}, "
-                f"{s['seconds']} s.", ""]
+                f"{s['seconds']} s."
+                + (f" 1-min load average {s['load'][0]} before, {s['load'][1]} after (2 cores: above 2 means"
+                   " other processes competed for the CPU)." if s.get("load") else ""), ""]
         if s.get("rows") is None:
             out += ["✘ **failed**:", "", "```", s.get("error", "no result"), "```"]
         else:

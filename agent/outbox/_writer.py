@@ -14,10 +14,12 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 # How many waiting operations one wake-up takes: bounds the latency a long group adds to a read.
 _MAX_DRAIN = 4096
+
+_T = TypeVar("_T")
 
 
 class _Op:
@@ -62,10 +64,10 @@ class WriterThread:
     def start(self) -> None:
         self._thread.start()
 
-    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+    def call(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
         """Run ``fn()`` on the writer thread; the future holds its result or exception."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[_T] = loop.create_future()
         self._q.put(_Op(loop, fut, fn))
         return fut
 

@@ -36,7 +36,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from agent.config import OutboxConfig
@@ -60,6 +60,7 @@ from agent.records import EncodedRecord, Reading
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 BUSY_TIMEOUT_MS: Final = 5000
 _IN_CHUNK: Final = 500          # ids per IN (...) list, well under SQLite's variable limit
@@ -213,26 +214,26 @@ class Outbox:
     async def ack(self, lease: Lease, event_ids: Collection[str] | None = None) -> int:
         """Delete delivered rows of ``lease`` (all of them when ``event_ids`` is None); returns the count."""
         ids = None if event_ids is None else list(event_ids)
-        return await self._call(self._t_ack, lease.id, ids)  # type: ignore[no-any-return]
+        return await self._call(self._t_ack, lease.id, ids)
 
     async def nack(self, lease: Lease, retry_at_ms: int, event_ids: Collection[str] | None = None) -> int:
         """Return rows of ``lease`` to the queue, invisible until ``retry_at_ms``; attempts + 1."""
         ids = None if event_ids is None else list(event_ids)
-        return await self._call(self._t_nack, lease.id, retry_at_ms, ids)  # type: ignore[no-any-return]
+        return await self._call(self._t_nack, lease.id, retry_at_ms, ids)
 
     async def reject(self, lease: Lease, reasons: Mapping[str, str]) -> int:
         """Move the named rows of ``lease`` to the dead-letter table with their reason; others stay leased."""
-        return await self._call(self._t_reject, lease.id, dict(reasons))  # type: ignore[no-any-return]
+        return await self._call(self._t_reject, lease.id, dict(reasons))
 
     async def stats(self) -> OutboxStats:
-        return await self._call(self._t_stats)  # type: ignore[no-any-return]
+        return await self._call(self._t_stats)
 
     async def peek(self, limit: int = 20) -> list[LeasedRow]:
         """The oldest queued rows (leased or not), without leasing them."""
-        return await self._call(self._t_peek, limit)  # type: ignore[no-any-return]
+        return await self._call(self._t_peek, limit)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return await self._call(self._t_dead_letters, limit)  # type: ignore[no-any-return]
+        return await self._call(self._t_dead_letters, limit)
 
     async def requeue_dead_letters(self, event_ids: Collection[str] | None = None) -> int:
         """Put dead letters back in the queue (all when ``event_ids`` is None).
@@ -242,7 +243,7 @@ class Outbox:
         A requeue is a technician's decision, so it is not subject to the byte cap.
         """
         ids = None if event_ids is None else list(event_ids)
-        return await self._call(self._t_requeue, ids)  # type: ignore[no-any-return]
+        return await self._call(self._t_requeue, ids)
 
     # ---- readings held while the clock is unsynchronised ---------------------------------------
 
@@ -261,11 +262,11 @@ class Outbox:
         if not items:
             return 0
         rows = [(h.boot_id, h.boot_ms, _held.dump_reading(h.reading)) for h in items]
-        return await self._call(self._t_hold, rows)  # type: ignore[no-any-return]
+        return await self._call(self._t_hold, rows)
 
     async def held_count(self) -> int:
         """How many readings are held (none of them is leasable)."""
-        return await self._call(lambda: self._t.held)  # type: ignore[no-any-return]
+        return await self._call(lambda: self._t.held)
 
     async def release_held(
         self,
@@ -313,7 +314,7 @@ class Outbox:
         await self._call(self._t_save_job, job)
 
     async def jobs(self) -> list[BulkJobRecord]:
-        return await self._call(self._t_jobs)  # type: ignore[no-any-return]
+        return await self._call(self._t_jobs)
 
     async def delete_job(self, lease_id: int) -> None:
         await self._call(self._t_delete_job, lease_id)
@@ -327,15 +328,15 @@ class Outbox:
             raise OutboxError("outbox is not open", hint="call open() or use `async with Outbox(...)`")
         return self._writer
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         writer = self._require_open()
-        return await writer.call(functools.partial(self._guarded, fn, *args))
+        return await writer.call(functools.partial(self._guarded, fn, *args, **kwargs))
 
-    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+    def _guarded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._fatal is not None:
             raise self._fatal
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 

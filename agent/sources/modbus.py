@@ -40,6 +40,7 @@ from agent.sources.sunspec import (
     END_MODEL_ID,
     MAX_REGISTERS_PER_READ,
     SUPPORTED_MODELS,
+    GroupValues,
     decode_model,
     device_id,
     is_marker,
@@ -250,7 +251,7 @@ class ModbusSource:
         if u.chain is None:
             await self._discover(u)
         assert u.chain is not None
-        models: dict[int, dict[str, object]] = {}
+        models: dict[int, GroupValues] = {}
         for m in u.chain:
             if m.model_id == 1 or m.model_id not in SUPPORTED_MODELS or m.model_id in models:
                 continue

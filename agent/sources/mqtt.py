@@ -278,7 +278,7 @@ class MqttSource:
                 h.consecutive_failures = 0
                 h.state = "ok"
         for tag in tags:
-            mid, qos = tag  # type: ignore[misc]
+            mid, qos = _ack_key(tag)
             client.ack(mid, qos)
             self.acked_total += 1
 
@@ -319,6 +319,14 @@ def _read_secret(path: Path, key: str) -> str:
     except OSError as exc:
         raise ConfigError("<site config>", key, f"cannot read: {exc.strerror}", value=str(path),
                           hint="the file must be readable by the agent's user (0600)") from exc
+
+
+def _ack_key(tag: Hashable) -> tuple[int, int]:
+    """The ``(mid, qos)`` that ``_message`` put into a decoder tag."""
+    match tag:
+        case (int() as mid, int() as qos):
+            return mid, qos
+    raise TypeError(f"not an MQTT ack tag: {tag!r}")    # a bug: only _message makes tags
 
 
 def _now_ms() -> int:

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from importlib import resources
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from agent.errors import DeviceProtocolError
 
 __all__ = [
-    "BASE_CANDIDATES", "END_MODEL_ID", "SUNS_MARKER", "SUPPORTED_MODELS", "GroupDef", "ModelDef",
-    "PointDef", "decode_model", "device_id", "enum_symbol", "is_marker", "model_def", "string_metrics",
+    "BASE_CANDIDATES", "END_MODEL_ID", "SUNS_MARKER", "SUPPORTED_MODELS", "GroupDef", "GroupValues", "ModelDef",
+    "PointDef", "Scalar", "decode_model", "device_id", "enum_symbol", "is_marker", "model_def", "string_metrics",
     "to_metrics",
 ]
 
@@ -91,10 +91,26 @@ class ModelDef:
     group: GroupDef
 
 
-def _parse_group(doc: Mapping[str, object]) -> GroupDef:
+# A JSON object from pysunspec2's model files: its values are whatever json.loads made of them.
+_JsonObject: TypeAlias = Mapping[str, Any]
+
+
+def _members(doc: _JsonObject, key: str) -> list[_JsonObject]:
+    """The list of JSON objects under ``key`` ([] when absent).
+
+    The model files ship inside pysunspec2, so a wrong shape is a packaging bug and fails loudly.
+    """
+    items = doc.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+        raise DeviceProtocolError(f"SunSpec model group {doc.get('name')!r}: {key!r} is not a list of objects",
+                                  hint="reinstall pysunspec2; its model JSON files look damaged")
+    return items
+
+
+def _parse_group(doc: _JsonObject) -> GroupDef:
     points: list[PointDef] = []
     offset = 0
-    for p in doc.get("points", ()):  # type: ignore[union-attr]
+    for p in _members(doc, "points"):
         ptype = str(p["type"])
         size = int(p.get("size", _SIZES.get(ptype, 1)))
         syms = p.get("symbols")
@@ -102,7 +118,7 @@ def _parse_group(doc: Mapping[str, object]) -> GroupDef:
         sf = p.get("sf")
         points.append(PointDef(str(p["name"]), ptype, offset, size, sf, symbols))
         offset += size
-    groups = tuple(_parse_group(g) for g in doc.get("groups", ()))  # type: ignore[union-attr]
+    groups = tuple(_parse_group(g) for g in _members(doc, "groups"))
     count = doc.get("count")
     return GroupDef(str(doc["name"]), tuple(points), groups,
                     count if isinstance(count, (str, int)) else None, offset)
@@ -172,7 +188,8 @@ def _raw(regs: Sequence[int], point: PointDef, base: int) -> Scalar:
 
 def _scale(raw: int, sf: int) -> float | int:
     if sf >= 0:
-        return raw * 10**sf
+        factor: int = 10**sf        # a non-negative exponent keeps it an int (typeshed says Any)
+        return raw * factor
     return float(Decimal(raw).scaleb(sf))
 
 
@@ -232,7 +249,7 @@ def decode_model(model_id: int, registers: Sequence[int]) -> GroupValues:
     return values
 
 
-def enum_symbol(model_id: int, point: str, value: Scalar) -> str | None:
+def enum_symbol(model_id: int, point: str, value: object) -> str | None:
     """The symbol name of an enum value (``4`` -> ``"MPPT"`` for 103.St); None if unknown."""
     if not isinstance(value, int):
         return None
@@ -272,7 +289,7 @@ def to_metrics(models: Mapping[int, Mapping[str, object]]) -> dict[str, Scalar]:
                              ("dc_power_w", "DCW"), ("dc_voltage_v", "DCV"), ("dc_current_a", "DCA"),
                              ("temperature_c", "TmpCab"), ("event_flags", "Evt1")):
             m[field] = _num(inv.get(point))
-        m["operating_state"] = enum_symbol(inv_id, "St", inv.get("St"))  # type: ignore[arg-type]
+        m["operating_state"] = enum_symbol(inv_id, "St", inv.get("St"))
     elif 701 in models:
         ac = models[701]
         for field, point in (("ac_power_w", "W"), ("ac_energy_wh", "TotWhInj"), ("ac_current_a", "A"),
@@ -281,7 +298,7 @@ def to_metrics(models: Mapping[int, Mapping[str, object]]) -> dict[str, Scalar]:
                              ("temperature_c", "TmpCab")):
             m[field] = _num(ac.get(point))
         m["ac_voltage_v"] = _num(ac.get("LNV")) if ac.get("LNV") is not None else _num(ac.get("VL1"))
-        m["operating_state"] = enum_symbol(701, "St", ac.get("St"))  # type: ignore[arg-type]
+        m["operating_state"] = enum_symbol(701, "St", ac.get("St"))
     if m["dc_power_w"] is None and m["dc_current_a"] is None and 714 in models:
         dc = models[714]
         m["dc_power_w"] = _num(dc.get("DCW"))

@@ -79,8 +79,8 @@ class OpenDtuDecoder(BaseDecoder):
         if fld not in table:
             return
         name, factor = table[fld]
-        value = parse_number(payload, topic)
-        value = _pf_pct(value) if fld == "powerfactor" else scaled(value, factor)
+        number = parse_number(payload, topic)
+        value = _pf_pct(number) if fld == "powerfactor" else scaled(number, factor)
         device_id = serial if ch == 0 else f"{serial}/pv{ch}"
         self.asm.put(serial, device_id, name, value, now_ms, tag, out)
 

@@ -64,7 +64,7 @@ class VictronDecoder(BaseDecoder):
     def _feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None, out: list[Reading]) -> None:
         parts = topic.split("/", 4)
         if len(parts) == 3 and parts[0] == "N" and parts[2] == "full_publish_completed":
-            for key in list(self.asm.keys()):  # noqa: SIM118 (an Assembler, not a dict)
+            for key in list(self.asm.keys()):
                 self.asm.flush(key, out)
             return
         if len(parts) != 5 or parts[0] != "N":

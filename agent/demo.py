@@ -122,9 +122,9 @@ class Demo:
     def _on_committed(self, records: Sequence[EncodedRecord]) -> None:
         self.committed.update(r.event_id for r in records)
 
-    def _config(self, emu: Emulator, key_path: Path, rtu_port: Path, tcp_port: int, broker: Broker | None,
+    def _config(self, emu: Emulator, key_path: Path, rtu_port: str, tcp_port: int, broker: Broker | None,
                 bulk_after: float) -> AgentConfig:
-        mqtt = ()
+        mqtt: tuple[MqttConfig, ...] = ()
         if broker is not None:
             mqtt = (MqttConfig("opendtu", broker.url, "opendtu", client_id="solar-agent-demo-opendtu"),)
         return AgentConfig(
@@ -134,7 +134,7 @@ class Demo:
                                       private_key_path=key_path, source_name="solar_agent", ca_file=emu.ca_file),
             outbox=OutboxConfig(path=self.workdir / "outbox.db"),
             modbus=(
-                ModbusBusConfig("rs485", "rtu", (ModbusDeviceConfig(1), ModbusDeviceConfig(2)), port=str(rtu_port),
+                ModbusBusConfig("rs485", "rtu", (ModbusDeviceConfig(1), ModbusDeviceConfig(2)), port=rtu_port,
                                 baudrate=9600, timeout_seconds=0.5, poll_interval_seconds=0.25),
                 ModbusBusConfig("lan", "tcp", (ModbusDeviceConfig(1),), host="127.0.0.1", tcp_port=tcp_port,
                                 timeout_seconds=0.5, poll_interval_seconds=0.25),
@@ -161,6 +161,7 @@ class Demo:
             tcp = await stack.enter_async_context(tcp_sim.serve_tcp())
             self.say(f"  SunSpec RTU bus         units 1, 2 on {pair.b} (virtual RS-485)")
             self.say(f"  SunSpec TCP inverter    127.0.0.1:{tcp.port} (float model 113)")
+            assert tcp.port is not None, "serve_tcp sets the port while serving"
             broker = await self._start_mqtt(stack)
             cfg = self._config(emu, keys.private_key_path, pair.b, tcp.port, broker, bulk_after)
             agent = self.agent = Agent(cfg, on_committed=self._on_committed, clock=ClockGuard(assume_synced=True))

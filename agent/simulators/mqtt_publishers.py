@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 PROFILES: Final = ("opendtu", "victron", "solarassistant", "tasmota", "shelly", "generic")
 PORTAL_ID: Final = "c0619ab1e2f3"
@@ -156,7 +158,12 @@ class MqttPublisher:
                              protocol=paho.MQTTv311)
         connected = asyncio.Event()
         loop = asyncio.get_running_loop()
-        client.on_connect = lambda *a: loop.call_soon_threadsafe(connected.set)
+
+        def on_connect(_client: paho.Client, _userdata: object, _flags: paho.ConnectFlags,
+                       _reason: ReasonCode, _props: Properties | None) -> None:
+            loop.call_soon_threadsafe(connected.set)    # paho's network thread
+
+        client.on_connect = on_connect
         await asyncio.to_thread(client.connect, parts.hostname, parts.port or 1883, 30)
         client.loop_start()
         await asyncio.wait_for(connected.wait(), 10)
@@ -172,7 +179,12 @@ class MqttPublisher:
         """Publish raw messages with QoS 1 and wait for every PUBACK."""
         assert self._client is not None, "start() first"
         infos = [self._client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in msgs]
-        await asyncio.to_thread(lambda: [info.wait_for_publish(10) for info in infos])
+
+        def wait_all() -> None:
+            for info in infos:
+                info.wait_for_publish(10)
+
+        await asyncio.to_thread(wait_all)
         self.messages_sent += msgs
 
     async def publish_cycle(self, t_s: int) -> list[Expected]:

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol
 
 import sunspec2.device as ss_device
 from pymodbus import FramerType
@@ -53,8 +54,16 @@ _POINT_SF = {"A": "A_SF", "AphA": "A_SF", "AphB": "A_SF", "AphC": "A_SF",
 _ST_SLEEPING, _ST_MPPT = 2, 4
 
 
-def _regs(model: object) -> list[int]:
-    raw: bytes = model.get_mb()  # type: ignore[attr-defined]
+class _ModelImage(Protocol):
+    """What we use of a pysunspec2 ``Model`` (the package has no type hints)."""
+
+    def get_mb(self) -> bytes:
+        """The model's register image, ID and L included, big-endian."""
+        ...
+
+
+def _regs(model: _ModelImage) -> list[int]:
+    raw = model.get_mb()
     return list(struct.unpack(f">{len(raw) // 2}H", raw))
 
 

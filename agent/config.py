@@ -923,14 +923,16 @@ def _check_status(ctx: _Ctx, st: StatusConfig, path: str, data: Mapping[str, Any
 
 
 def _check_agent(ctx: _Ctx, cfg: AgentConfig, path: str, data: Mapping[str, Any]) -> None:
-    for section, items in (("modbus", cfg.modbus), ("mqtt", cfg.mqtt)):
+    bus_names = [bus.name for bus in cfg.modbus]
+    feed_names = [feed.name for feed in cfg.mqtt]
+    for section, section_names in (("modbus", bus_names), ("mqtt", feed_names)):
         seen: dict[str, int] = {}
-        for i, item in enumerate(items):
-            if item.name in seen:
-                ctx.error(f"{section}[{i}].name", f"duplicate name (also {section}[{seen[item.name]}])",
-                          item.name,
+        for i, name in enumerate(section_names):
+            if name in seen:
+                ctx.error(f"{section}[{i}].name", f"duplicate name (also {section}[{seen[name]}])",
+                          name,
                           hint="each bus and each feed needs its own name")
-            seen.setdefault(item.name, i)
+            seen.setdefault(name, i)
     names: dict[str, str] = {}
     for b, bus in enumerate(cfg.modbus):
         for d, dev in enumerate(bus.devices):

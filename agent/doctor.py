@@ -9,6 +9,7 @@ A check never raises: whatever goes wrong becomes a FAIL line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import sqlite3
@@ -17,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -54,6 +55,18 @@ def _pass(name: str, detail: str) -> CheckResult:
 
 def _fail(name: str, detail: str, hint: str) -> CheckResult:
     return CheckResult(name, "FAIL", detail, hint)
+
+
+_T = TypeVar("_T")
+
+
+def _settle_threadsafe(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[_T], value: _T) -> None:
+    """Resolve ``fut`` from another thread; the first value wins, later ones are dropped."""
+    def set_once() -> None:
+        if not fut.done():
+            fut.set_result(value)
+
+    loop.call_soon_threadsafe(set_once)
 
 
 # -- local checks -----------------------------------------------------------------------------------------
@@ -282,6 +295,8 @@ async def check_mqtt_feed(feed: MqttConfig, *, timeout_seconds: float = 5.0) -> 
     """
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
     from agent.sources.mqtt import parse_url
     from agent.sources.profiles import PROFILES
@@ -296,14 +311,19 @@ async def check_mqtt_feed(feed: MqttConfig, *, timeout_seconds: float = 5.0) -> 
     connected: asyncio.Future[int] = loop.create_future()
     subscribed: asyncio.Future[list[int]] = loop.create_future()
 
-    def settle(fut: asyncio.Future[object], value: object) -> None:
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(value))
+    # paho calls these on its network thread.
+    def on_connect(_client: paho.Client, _userdata: object, _flags: paho.ConnectFlags, rc: ReasonCode,
+                   _props: Properties | None) -> None:
+        _settle_threadsafe(loop, connected, int(rc.value))
+
+    def on_subscribe(_client: paho.Client, _userdata: object, _mid: int, rcs: list[ReasonCode],
+                     _props: Properties | None) -> None:
+        _settle_threadsafe(loop, subscribed, [int(r.value) for r in rcs])
 
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"solar-agent-doctor-{os.getpid()}",
                          protocol=paho.MQTTv311, clean_session=True)
-    client.on_connect = lambda c, u, f, rc, p: settle(connected, int(rc.value))  # type: ignore[assignment, arg-type]
-    client.on_subscribe = lambda c, u, mid, rcs, p: settle(  # type: ignore[assignment]
-        subscribed, [int(r.value) for r in rcs])  # type: ignore[arg-type]
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     try:
         if feed.username:
             password = None
@@ -413,12 +433,12 @@ async def run_checks(config_path: Path | str | None, *, clock: ClockGuard | None
     ]
     for bus in cfg.modbus:
         if bus.transport == "rtu":
-            steps.append(([f"serial port {bus.name}"], lambda b=bus: check_serial_port(b)))  # type: ignore[misc]
+            steps.append(([f"serial port {bus.name}"], functools.partial(check_serial_port, bus)))
     for bus in cfg.modbus:
         steps.append(([f"modbus {bus.name}/unit{d.unit_id}" for d in bus.devices],
-                      lambda b=bus: check_modbus_bus(b)))  # type: ignore[misc]
+                      functools.partial(check_modbus_bus, bus)))
     for feed in cfg.mqtt:
-        steps.append(([f"mqtt {feed.name}"], lambda f=feed: check_mqtt_feed(f)))  # type: ignore[misc]
+        steps.append(([f"mqtt {feed.name}"], functools.partial(check_mqtt_feed, feed)))
     if schema is not None:
         steps.append((["datacloud login"], lambda: check_datacloud(cfg, schema)))
     steps += [

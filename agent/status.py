@@ -229,12 +229,14 @@ def _control_routes(control: SupportsControl) -> list[web.RouteDef]:
             body = None
         ids = body.get("ids") if isinstance(body, dict) else None
         every = isinstance(body, dict) and body.get("all") is True
-        valid_ids = isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)
-        if every == bool(valid_ids):
+        valid_ids: list[str] | None = None
+        if isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids):
+            valid_ids = list(ids)
+        if every == (valid_ids is not None):
             return web.json_response({"error": 'send {"all": true} or {"ids": ["<event id>", ...]}'},
                                      status=400)
         try:
-            moved = await control.requeue_dead_letters(None if every else list(ids))  # type: ignore[arg-type]
+            moved = await control.requeue_dead_letters(None if every else valid_ids)
         except AgentError as exc:
             return web.json_response({"error": exc.message, "hint": exc.hint}, status=409)
         return web.json_response({"requeued": moved})

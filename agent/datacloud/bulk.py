@@ -325,10 +325,11 @@ class BulkUploader:
             if upload is not None:
                 await upload
                 upload = None
-            if rec.job_id is None:
+            job_id = rec.job_id
+            if job_id is None:
                 return BulkResult(None, "Empty", 0, 0, 0, True)
             rec = await self._save(replace(rec, state="UploadComplete"))
-            await self._client.close(rec.job_id)
+            await self._client.close(job_id)
         except BaseException:
             if upload is not None and not upload.done():
                 upload.cancel()

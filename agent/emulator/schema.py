@@ -185,7 +185,7 @@ _COLUMN_RE: Final = {
     fmt: re.compile(rf"(?:{pat.pattern[1:-1]})?(?:\n(?:{pat.pattern[1:-1]})?)*")
     for fmt, pat in (("date-time", _DATETIME_RE), ("date", _DATE_RE))
 }
-_encode_str: Final = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_str: Final = json.encoder.encode_basestring
 
 
 def _json_column(field: str, ftype: FieldType, cells: tuple[str, ...], first_row: int) -> list[str]:

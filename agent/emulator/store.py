@@ -37,7 +37,7 @@ class LandedStore:
         self._db.execute("PRAGMA synchronous=OFF")  # a test peer: speed over power-loss safety
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.executescript(_DDL)
-        self._count = self._db.execute("SELECT COUNT(*) FROM landed").fetchone()[0]
+        self._count: int = self._db.execute("SELECT COUNT(*) FROM landed").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:

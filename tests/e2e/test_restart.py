@@ -65,7 +65,7 @@ async def test_kill_while_the_bulk_job_is_processing_resumes_it(tmp_path: Path) 
         agent, watcher = await _start(site)
         await _backlog_past_bulk_threshold(site, watcher)
         site.emu.set_faults(Faults())
-        _, job_id, state = await _journal_state(site, {"UploadComplete", "InProgress"}, 20)
+        _, job_id, _ = await _journal_state(site, {"UploadComplete", "InProgress"}, 20)
         assert job_id is not None
         agent.kill()
         assert site.emu.job_state(job_id) in ("UploadComplete", "InProgress")

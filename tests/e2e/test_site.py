@@ -101,6 +101,7 @@ async def test_site_readings_match_the_simulators(tmp_path: Path) -> None:
         finally:
             agent.request_stop()
             assert await asyncio.wait_for(task, 30) == 0
-        rec = reconcile(site.emu, await ledger.snapshot(), mqtt_expected=expected_mqtt[:-3], outbox_path=site.outbox_path)
+        rec = reconcile(site.emu, await ledger.snapshot(), mqtt_expected=expected_mqtt[:-3],
+                        outbox_path=site.outbox_path)
         assert rec.ok, str(rec)
         assert rec.replayed_writes == 0

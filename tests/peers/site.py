@@ -276,7 +276,8 @@ class Reconciliation:
 
     def __str__(self) -> str:
         return (f"produced={self.produced} landed={self.landed} lost={len(self.lost)} {self.lost[:5]} "
-                f"invented={len(self.invented)} {self.details.get('invented_rows', [])[:3]} duplicates={self.duplicate_readings} "
+                f"invented={len(self.invented)} {self.details.get('invented_rows', [])[:3]} "
+                f"duplicates={self.duplicate_readings} "
                 f"replayed={self.replayed_writes} queued={self.still_queued} dead={self.dead_letters}")
 
 

@@ -62,7 +62,7 @@ async def _kill_cycles(tmp_path: Path, cycles: int, seed: int) -> None:
 
 
 async def test_kill9_at_random_moments_short(tmp_path: Path) -> None:
-    await _kill_cycles(tmp_path, cycles=4, seed=1)
+    await _kill_cycles(tmp_path, cycles=3, seed=1)
 
 
 @pytest.mark.soak
@@ -98,7 +98,7 @@ async def _faulty_link(tmp_path: Path, seconds: float) -> None:
 
 
 async def test_emulator_faults_whole_run_short(tmp_path: Path) -> None:
-    await _faulty_link(tmp_path, seconds=12)
+    await _faulty_link(tmp_path, seconds=8)
 
 
 @pytest.mark.soak

@@ -39,8 +39,8 @@ timeout_seconds = 0.3
 """
 
 
-async def test_all_checks_pass_on_a_healthy_site(tmp_path: Path, pty_pair: PtyPair,  # noqa: F811
-                                                 mosquitto_broker: Broker,  # noqa: F811
+async def test_all_checks_pass_on_a_healthy_site(tmp_path: Path, pty_pair: PtyPair,
+                                                 mosquitto_broker: Broker,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     key, public = make_keypair(tmp_path, "agent")
     mqtt = f'\n[[mqtt]]\nname = "balcony"\nurl = "{mosquitto_broker.url}"\nprofile = "opendtu"\n'

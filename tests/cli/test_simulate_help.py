@@ -107,7 +107,7 @@ def test_keygen_writes_0600_and_refuses_to_overwrite(tmp_path: object, capsys: p
     assert (d / "site.key").read_bytes() == before
 
 
-async def test_mqtt_simulator_publishes_opendtu(mosquitto_broker: Broker) -> None:  # noqa: F811
+async def test_mqtt_simulator_publishes_opendtu(mosquitto_broker: Broker) -> None:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 

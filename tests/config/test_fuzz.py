@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import tomllib
@@ -128,9 +129,7 @@ def test_mangled_files_through_the_cli_exit_0_or_2(text: str) -> None:
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         schema = EXAMPLE.parent / "solar_panel_event.yaml"
         (Path(tmp) / "solar_panel_event.yaml").write_bytes(schema.read_bytes())
-        try:
+        with contextlib.suppress(ConfigError):
             load_config(path)
-        except ConfigError:
-            pass
         # check-config prints; a ConfigError (or a traceback) must never escape it.
         assert main(["check-config", "-q", str(path)]) in (0, 2)

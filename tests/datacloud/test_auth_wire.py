@@ -32,7 +32,7 @@ async def test_happy_path_over_tls_with_bare_instance_url(tmp_path: Path, key_fi
         await emu.wait_landed(5, timeout=5)
         # Without the CA the certificate is not trusted: verification is never off.
         untrusting = TokenProvider(make_config(emu.url, key_files[0]), session)
-        with pytest.raises(RetryableError, match="Certificate|certificate|SSL"):
+        with pytest.raises(RetryableError, match=r"Certificate|certificate|SSL"):
             await untrusting.token()
 
 

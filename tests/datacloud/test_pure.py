@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_split_is_exact_ordered_and_within_limit(payloads: list[bytes], limit: i
         size = len(streaming_body([payloads[i] for i in body]))
         assert size <= limit or len(body) == 1
     # Greedy: the next record would not have fitted into the previous body.
-    for prev, nxt in zip(bodies, bodies[1:], strict=False):
+    for prev, nxt in itertools.pairwise(bodies):
         assert len(streaming_body([payloads[i] for i in [*prev, nxt[0]]])) > limit
 
 

@@ -23,7 +23,8 @@ async def auth(emu: Emulator, http: aiohttp.ClientSession, tmp_path: Path) -> di
     return await dc_headers(http, emu, tmp_path / "jwt.key")
 
 
-async def create(http: aiohttp.ClientSession, emu: Emulator, auth: dict[str, str], op: str = "upsert") -> dict[str, Any]:
+async def create(http: aiohttp.ClientSession, emu: Emulator, auth: dict[str, str],
+                 op: str = "upsert") -> dict[str, Any]:
     resp = await http.post(emu.url + JOBS, json={"object": "solar_panel_event", "sourceName": "solar_agent",
                                                  "operation": op}, headers=auth)
     assert resp.status == 201, await resp.text()

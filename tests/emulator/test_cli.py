@@ -51,6 +51,6 @@ async def test_missing_key_file_is_a_usage_error(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "emulator", "--public-key", str(tmp_path / "missing.pub"),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+    _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"Error:" in err and b"Try:" in err

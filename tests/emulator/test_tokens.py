@@ -46,7 +46,8 @@ async def test_login_claim_checks(
     assert (status, body) == (400, {"error": error, "error_description": description})
 
 
-async def test_login_accepts_own_url_audience_and_prn(emu: Emulator, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_login_accepts_own_url_audience_and_prn(emu: Emulator, http: aiohttp.ClientSession,
+                                                      tmp_path: Path) -> None:
     status, _ = await _login(http, emu, make_assertion(tmp_path / "jwt.key", aud=emu.url))
     assert status == 200
     # Legacy prn wins over sub when both are present.

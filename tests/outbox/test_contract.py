@@ -34,7 +34,8 @@ async def test_duplicates_keep_the_first_copy(outbox: Outbox) -> None:
     recs = make_records(3)
     await outbox.append(recs)
     changed = type(recs[0])(recs[0].event_id, b'{"other":1}', 0)
-    assert await outbox.append([changed, *make_records(1, start=3), make_records(1, start=3)[0]]) == AppendResult(1, 2, 0)
+    result = await outbox.append([changed, *make_records(1, start=3), make_records(1, start=3)[0]])
+    assert result == AppendResult(1, 2, 0)
     rows = await outbox.peek()
     assert rows[0].payload == recs[0].payload
     st = await outbox.stats()

@@ -106,7 +106,8 @@ def _doc(props: dict[str, Any]) -> dict[str, Any]:
     base: dict[str, Any] = {n: {"type": "string"} for n in IDENTITY_FIELDS}
     base["date_time"] = {"type": "string", "format": "date-time"}
     base.update(props)
-    return {"openapi": "3.0.3", "components": {"schemas": {"solar_panel_event": {"type": "object", "properties": base}}}}
+    event = {"type": "object", "properties": base}
+    return {"openapi": "3.0.3", "components": {"schemas": {"solar_panel_event": event}}}
 
 
 @pytest.mark.parametrize(("doc", "match"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -75,7 +76,7 @@ def dev_id(sim: SunSpecSimulator, unit: int) -> str:
     return f"SunSpecSim-{sim.serial_number(unit)}"
 
 
-async def test_two_live_units_and_a_dead_one_on_rtu(pty_pair: PtyPair) -> None:  # noqa: F811
+async def test_two_live_units_and_a_dead_one_on_rtu(pty_pair: PtyPair) -> None:
     sim = SunSpecSimulator((1, 2), dead_units=(3,), clock=lambda: NOON)
     src = ModbusSource(bus("rtu", (1, 2, 3), port=pty_pair.b), now_ms=lambda: 1_700_000_000_000)
     assert isinstance(src, Source) and src.name == "modbus:bus0"
@@ -94,12 +95,12 @@ async def test_two_live_units_and_a_dead_one_on_rtu(pty_pair: PtyPair) -> None: 
     # The breaker: the dead unit was asked far less often than once per cycle ...
     assert sim.reads(3) <= src.cycles // 3
     # ... so a live unit's gap between readings never exceeds one interval plus one timeout (plus slack).
-    gaps = [b[0] - a[0] for a, b in zip(one, one[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(one)]
     assert max(gaps) < INTERVAL + TIMEOUT + 0.25
     assert health[dev_id(sim, 1)].state == "ok" and not health[dev_id(sim, 1)].errors
 
 
-async def test_dead_unit_recovers_through_half_open_retry(pty_pair: PtyPair) -> None:  # noqa: F811
+async def test_dead_unit_recovers_through_half_open_retry(pty_pair: PtyPair) -> None:
     sim = SunSpecSimulator((1, 2), dead_units=(2,), clock=lambda: NOON)
     src = ModbusSource(bus("rtu", (1, 2), port=pty_pair.b), backoff_max_seconds=0.5)
     async with sim.serve_rtu(pty_pair.a), running(src) as col:
@@ -123,7 +124,7 @@ async def test_tcp_bases_and_float_model(base: int, float_model: bool) -> None:
     assert dict(reading.metrics) == expected_metrics(sim, 5)
 
 
-async def test_rtu_base_zero_with_unimplemented_points(pty_pair: PtyPair) -> None:  # noqa: F811
+async def test_rtu_base_zero_with_unimplemented_points(pty_pair: PtyPair) -> None:
     sim = SunSpecSimulator((4,), base_address=0, clock=lambda: NOON, unimplemented={"Hz", "DCW_SF", "TmpCab"})
     src = ModbusSource(bus("rtu", (4,), port=pty_pair.b))
     async with sim.serve_rtu(pty_pair.a), running(src) as col:
@@ -133,7 +134,7 @@ async def test_rtu_base_zero_with_unimplemented_points(pty_pair: PtyPair) -> Non
     assert dict(metrics) == expected_metrics(sim, 4)
 
 
-async def test_crc_garbage_and_exceptions_are_counted_and_polling_goes_on(pty_pair: PtyPair) -> None:  # noqa: F811
+async def test_crc_garbage_and_exceptions_are_counted_and_polling_goes_on(pty_pair: PtyPair) -> None:
     sim = SunSpecSimulator((1, 2), clock=lambda: NOON)
     src = ModbusSource(bus("rtu", (1, 2), port=pty_pair.b))
     async with sim.serve_rtu(pty_pair.a), running(src) as col:
@@ -168,7 +169,7 @@ async def test_garbage_from_the_wire_relay_is_counted_as_crc(tmp_path: object) -
             await col.until(lambda: src.health()[0].errors["crc"] == 1 and src.health()[0].readings_total > n + 1)
 
 
-async def test_serial_port_that_disappears_is_reopened(pty_pair: PtyPair) -> None:  # noqa: F811
+async def test_serial_port_that_disappears_is_reopened(pty_pair: PtyPair) -> None:
     sim = SunSpecSimulator((1,), clock=lambda: NOON)
     src = ModbusSource(bus("rtu", (1,), port=pty_pair.b))
     async with sim.serve_rtu(pty_pair.a), running(src) as col:

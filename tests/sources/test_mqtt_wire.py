@@ -76,12 +76,12 @@ async def test_opendtu_cycles_become_readings(mosquitto_broker: Broker) -> None:
     assert isinstance(src, Source) and src.name == "mqtt:dtu" and src.client_id == "solar-agent-site1-dtu"
     sink = Sink()
     t = int(time.time())
-    async with MqttPublisher("opendtu", mosquitto_broker.url, ("114182912345", "116180001234")) as pub:
-        async with running(src, sink):
-            await pub.publish_cycle(t)
-            await pub.publish_cycle(t + 5)
-            await until(lambda: len(sink.readings) >= len(pub.expected()), what="readings")
-            await until(lambda: src.acked_total >= 2 * 2 * 19, what="acks")
+    async with (MqttPublisher("opendtu", mosquitto_broker.url, ("114182912345", "116180001234")) as pub,
+                running(src, sink)):
+        await pub.publish_cycle(t)
+        await pub.publish_cycle(t + 5)
+        await until(lambda: len(sink.readings) >= len(pub.expected()), what="readings")
+        await until(lambda: src.acked_total >= 2 * 2 * 19, what="acks")
     got = {(r.device_id, r.time_ms): dict(r.metrics) for r in sink.readings}
     for e in pub.expected():
         assert got[(e.device_id, e.time_ms)] == pytest.approx(e.metrics), e.device_id

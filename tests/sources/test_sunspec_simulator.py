@@ -27,14 +27,15 @@ def scan(device: ss_client.SunSpecModbusClientDevice, inverter_model: int) -> di
         inv = device.models[inverter_model][0]
         inv.read()
         out: dict[str, object] = {p: getattr(inv, p).cvalue for p in POINTS}
-        out.update(Mn=common.Mn.value, SN=common.SN.value, models=sorted(k for k in device.models if isinstance(k, int)))
+        models = sorted(k for k in device.models if isinstance(k, int))
+        out.update(Mn=common.Mn.value, SN=common.SN.value, models=models)
         return out
     finally:
         device.close()
 
 
 @pytest.mark.parametrize(("base", "float_model"), [(40000, False), (50000, True)])
-async def test_pysunspec2_scans_rtu_simulator(pty_pair: PtyPair, base: int, float_model: bool) -> None:  # noqa: F811
+async def test_pysunspec2_scans_rtu_simulator(pty_pair: PtyPair, base: int, float_model: bool) -> None:
     sim = SunSpecSimulator((1, 2), base_address=base, float_model=float_model, clock=lambda: NOON)
     inverter = 113 if float_model else 103
     async with sim.serve_rtu(pty_pair.a):

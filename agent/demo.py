@@ -140,7 +140,10 @@ class Demo:
                                 timeout_seconds=0.5, poll_interval_seconds=0.25),
             ),
             mqtt=mqtt,
-            drain=DrainConfig(flush_interval_seconds=1.0, bulk_after_seconds=bulk_after, bulk_min_rows=1_000_000,
+            # Small batches so that a demo-sized backlog is worth a bulk job (the age trigger wants a
+            # backlog of 20 streaming requests); a real site keeps the 190 KB default.
+            drain=DrainConfig(flush_interval_seconds=1.0, batch_max_bytes=2_500,
+                              bulk_after_seconds=bulk_after, bulk_min_rows=1_000_000,
                               max_requests_per_second=20.0, retry_max_seconds=2.0, reconnect_jitter_seconds=1.0),
             status=StatusConfig(socket_path=self.workdir / "status.sock"),
         )

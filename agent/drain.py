@@ -35,6 +35,12 @@ from agent.records import STREAMING_OVERHEAD
 log = logging.getLogger(__name__)
 
 TERMINAL_OK = "JobComplete"
+# The age trigger starts a bulk job only for a backlog that streaming would need this many full
+# requests for: bulk jobs are an org-wide budget (5 running, 20 per hour), a few hundred rows are not
+# worth one. Measured with bench/fleet.py: 100 gateways after a 1 h outage used all 20 jobs of the hour.
+BULK_AGE_MIN_BATCHES = 20
+# A refused job creation (429: five jobs already run org-wide) waits this long, jittered, not Retry-After.
+BULK_THROTTLE_SECONDS = (60.0, 300.0)
 # One bulk job takes at most this many rows (100 files of 150 MB hold far more; this bounds a job's duration).
 BULK_MAX_ROWS_PER_JOB = 2_000_000
 
@@ -211,6 +217,11 @@ class Drain:
 
     async def _stream_loop(self) -> None:
         interval = self.cfg.flush_interval_seconds
+        # Gateways restarted by the same event (a regional power or LTE outage) must not flush in
+        # lockstep: the first flush comes at a random point within one interval (at most the
+        # reconnect jitter), and from then on each gateway keeps its own phase.
+        spread_s = self._rng.uniform(0, min(interval, self.cfg.reconnect_jitter_seconds))
+        self._first_unsent_ms = self.now_ms() - int(interval * 1000) + int(spread_s * 1000)
         while not self._stopping:
             self._beat("drain")
             due = self._flush_due_in(interval)
@@ -256,8 +267,10 @@ class Drain:
             delay = await self._deliver(lease)
             if delay > 0:
                 return delay
-            if lease.count < max_records and lease.payload_bytes + STREAMING_OVERHEAD < self.cfg.batch_max_bytes * 0.9:
-                return 0.0  # a partial batch: the backlog is drained
+            # Full when one more record of the average size would not have fitted; else the backlog is drained.
+            room = self.cfg.batch_max_bytes - STREAMING_OVERHEAD - lease.payload_bytes
+            if lease.count < max_records and room >= lease.payload_bytes / lease.count:
+                return 0.0
         return 0.0
 
     async def _yield_old_rows_to_bulk(self) -> None:
@@ -279,7 +292,10 @@ class Drain:
         except ThrottledError as exc:
             if self.pacer is not None:
                 self.pacer.on_throttle(exc.retry_after)
-            delay = exc.retry_after if exc.retry_after is not None else self._stream_backoff.next_delay()
+            # Everyone throttled in the same second hears the same Retry-After: spread the retries
+            # over one more such period instead of returning as one wave.
+            delay = (exc.retry_after * (1 + self._rng.random()) if exc.retry_after is not None
+                     else self._stream_backoff.next_delay())
             return await self._retry_later(lease, f"throttled (429): {exc}", delay)
         except (RetryableError, AuthError) as exc:
             delay = self._stream_backoff.next_delay()
@@ -324,26 +340,52 @@ class Drain:
             return True
         if stats.oldest_enqueued_ms is None or stats.rows - stats.leased <= 0:
             return False
+        if stats.rows - stats.leased >= self.cfg.bulk_min_rows:
+            return True
         age_s = (self.now_ms() - stats.oldest_enqueued_ms) / 1000
-        return age_s >= self.cfg.bulk_after_seconds or stats.rows - stats.leased >= self.cfg.bulk_min_rows
+        worth_it = stats.bytes >= BULK_AGE_MIN_BATCHES * self.cfg.batch_max_bytes
+        return age_s >= self.cfg.bulk_after_seconds and worth_it
 
     def fresh_window_ms(self) -> int:
-        """Rows younger than this stay in the stream lane while a bulk job takes the old part."""
-        return int(max(2 * self.cfg.flush_interval_seconds, 5.0) * 1000)
+        """Rows younger than this stay in the stream lane while a bulk job takes the old part.
+
+        Never longer than ``bulk_after_seconds``: a backlog old enough for bulk always has rows to give.
+        """
+        return int(min(max(2 * self.cfg.flush_interval_seconds, 5.0), self.cfg.bulk_after_seconds) * 1000)
+
+    async def _resume_bulk_jobs(self) -> None:
+        """Finish the jobs a previous run journaled. Started during an outage, this waits for the link
+        (the rows stay leased meanwhile) instead of ending the agent."""
+        assert self.bulk is not None
+        while not self._stopping:
+            try:
+                settled = await self.bulk.resume_jobs()
+            except DataCloudError as exc:
+                delay = self._bulk_backoff.next_delay()
+                self.bulk_state.failed(f"resuming a bulk job: {type(exc).__name__}: {exc}",
+                                       self.now_ms() + int(delay * 1000))
+                log.warning("bulk: cannot resume the previous run's job yet (%s); retry in %.0fs", exc, delay)
+                await self._bulk_kick.wait(delay)
+                continue
+            for lease, final in settled:
+                await self._settle_bulk(lease, final)
+            self.bulk_state.retry_at_ms = None
+            return
 
     async def _bulk_loop(self) -> None:
         assert self.bulk is not None
-        for lease, final in await self.bulk.resume_jobs():
-            await self._settle_bulk(lease, final)
+        await self._resume_bulk_jobs()
         check_every = max(1.0, min(self.cfg.flush_interval_seconds, 30.0))
         while not self._stopping:
             self._beat("drain")
             stats = await self.outbox.stats()
             if self.bulk_state.retry_at_ms and self.bulk_state.retry_at_ms > self.now_ms() and not self._force_bulk:
+                self._bulk_leased.set()  # no job now: the stream lane need not wait for one
                 await self._bulk_kick.wait((self.bulk_state.retry_at_ms - self.now_ms()) / 1000)
                 continue
             # A bulk job on a dead link only burns the org's 20 jobs/hour: wait until streaming works.
             if not self.bulk_due(stats) or self.stream_state.consecutive_failures:
+                self._bulk_leased.set()
                 await self._bulk_kick.wait(check_every)
                 continue
             await self.run_bulk_once()
@@ -368,7 +410,7 @@ class Drain:
         try:
             final = await self.bulk.run_job(lease)
         except (ThrottledError, RetryableError, AuthError, JobError, DataCloudError) as exc:
-            delay = (exc.retry_after if isinstance(exc, ThrottledError) and exc.retry_after
+            delay = (self._rng.uniform(*BULK_THROTTLE_SECONDS) if isinstance(exc, ThrottledError)
                      else self._bulk_backoff.next_delay())
             retry_at = self.now_ms() + int(delay * 1000)
             await self.outbox.nack(lease, 0)  # due at once; the lane's own backoff paces the retry

@@ -49,11 +49,16 @@ def wall_ms() -> int:
 
 def build_sources(cfg: AgentConfig) -> list[Source]:
     """One source per Modbus bus and per MQTT feed in the config."""
-    from agent.sources.modbus import ModbusSource
-    from agent.sources.mqtt import MqttSource
+    sources: list[Source] = []
+    # Imported only when configured: pymodbus and paho cost megabytes of RSS on a small gateway.
+    if cfg.modbus:
+        from agent.sources.modbus import ModbusSource
 
-    sources: list[Source] = [ModbusSource(bus) for bus in cfg.modbus]
-    sources += [MqttSource(feed, site_id=cfg.site.id) for feed in cfg.mqtt]
+        sources += [ModbusSource(bus) for bus in cfg.modbus]
+    if cfg.mqtt:
+        from agent.sources.mqtt import MqttSource
+
+        sources += [MqttSource(feed, site_id=cfg.site.id) for feed in cfg.mqtt]
     return sources
 
 
@@ -270,7 +275,8 @@ class Agent:
             readings, held = await run.holdback.admit(readings)
         except OutboxFullError as exc:
             self.metrics.events_discarded_total.inc(len(readings), reason="outbox_full")
-            log.error("outbox: full, %d new readings refused (when_full=reject_new): %s", len(readings), exc)
+            log.error("outbox: full, %d new readings refused (when_full=%s): %s", len(readings),
+                      run.cfg.outbox.when_full, exc)
             return
         if held:
             self.metrics.received_events_total.inc(held, source=source)
@@ -286,7 +292,8 @@ class Agent:
             result = await run.outbox.append(encoded)
         except OutboxFullError as exc:
             self.metrics.events_discarded_total.inc(len(encoded), reason="outbox_full")
-            log.error("outbox: full, %d new readings refused (when_full=reject_new): %s", len(encoded), exc)
+            log.error("outbox: full, %d new readings refused (when_full=%s): %s", len(encoded),
+                      run.cfg.outbox.when_full, exc)
             return
         self.metrics.received_events_total.inc(result.appended, source=source)
         if result.dropped:

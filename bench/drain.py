@@ -21,7 +21,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,8 @@ def _emulator_main(public_pem: bytes, conn: Any, stop: Any) -> None:
                                     max_jobs_per_hour=1000)
         async with Emulator(settings) as emu:
             conn.send(emu.url)
-            while not stop.is_set():
-                await asyncio.sleep(0.2)  # parked until the parent sets the stop event
+            # Parked until the parent sets the stop event (a multiprocessing Event: wait for it off the loop).
+            await asyncio.to_thread(stop.wait)
 
     asyncio.run(main())
 

@@ -66,6 +66,7 @@ class Rig:
 
 def drain_config(**kw: float) -> DrainConfig:
     base = dict(flush_interval_seconds=0.3, bulk_after_seconds=3600.0, bulk_min_rows=1_000_000,
+                reconnect_jitter_seconds=0.5,
                 max_requests_per_second=50.0, retry_max_seconds=0.5)
     base.update(kw)
     return DrainConfig(**base)  # type: ignore[arg-type]
@@ -108,11 +109,13 @@ async def test_full_batch_flushes_before_the_interval(make_rig) -> None:  # type
 
 async def test_a_partial_batch_waits_for_the_interval(make_rig) -> None:  # type: ignore[no-untyped-def]
     async with make_rig(drain_config(flush_interval_seconds=0.5)) as rig:
-        t0 = time.monotonic()
-        await rig.append(records(3))
+        await rig.append(records(3))  # the first flush comes at a random phase of the first interval
         await rig.emu.wait_landed(3, timeout=10)
-        assert time.monotonic() - t0 >= 0.45  # not sent at once: batches fill up first
-        assert rig.drain.stream_state.requests_total == 1
+        t0 = time.monotonic()
+        await rig.append(records(3, start_ms=1_760_000_000_000))
+        await rig.emu.wait_landed(6, timeout=10)
+        assert time.monotonic() - t0 >= 0.45  # not sent at once: a partial batch waits for the interval
+        assert rig.drain.stream_state.requests_total == 2
 
 
 async def test_rejected_records_go_to_dead_letters_and_the_rest_lands(make_rig) -> None:  # type: ignore[no-untyped-def]
@@ -130,6 +133,17 @@ async def test_rejected_records_go_to_dead_letters_and_the_rest_lands(make_rig) 
         assert rig.emu.store.keys() == {r.event_id for r in good}
 
 
+async def test_bulk_waits_for_a_backlog_worth_it(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """An old but small backlog streams: bulk jobs are an org-wide budget (20 per hour)."""
+    cfg = drain_config(flush_interval_seconds=0.2, bulk_after_seconds=0.0)
+    async with make_rig(cfg) as rig:
+        rig.drain.now_ms = lambda: time.time_ns() // 1_000_000 + 10_000
+        await rig.append(records(30))
+        await rig.emu.wait_landed(30, timeout=10)
+        await until(lambda: rig.drain.stream_state.sent_total == 30)
+        assert rig.drain.bulk_state.jobs_total == 0
+
+
 async def test_throttling_slows_down_and_loses_nothing(make_rig) -> None:  # type: ignore[no-untyped-def]
     async with make_rig(drain_config(batch_max_bytes=20_000)) as rig:
         rig.emu.set_faults(Faults(status_rates={429: 1.0}, retry_after_seconds=1))
@@ -144,7 +158,8 @@ async def test_throttling_slows_down_and_loses_nothing(make_rig) -> None:  # typ
 
 
 async def test_long_outage_backfills_the_old_part_in_a_bulk_job(make_rig) -> None:  # type: ignore[no-untyped-def]
-    cfg = drain_config(flush_interval_seconds=0.2, bulk_after_seconds=1.0)
+    # Small batches: the age trigger wants a backlog worth 20 streaming requests.
+    cfg = drain_config(flush_interval_seconds=0.2, bulk_after_seconds=1.0, batch_max_bytes=10_000)
     async with make_rig(cfg) as rig:
         rig.emu.set_faults(Faults(outage=True))
         old = records(500, start_ms=1_750_000_000_000)
@@ -164,7 +179,7 @@ async def test_long_outage_backfills_the_old_part_in_a_bulk_job(make_rig) -> Non
 
 
 async def test_failed_bulk_job_returns_its_rows(make_rig) -> None:  # type: ignore[no-untyped-def]
-    cfg = drain_config(flush_interval_seconds=1.0, bulk_after_seconds=0.0)
+    cfg = drain_config(flush_interval_seconds=1.0, bulk_after_seconds=0.0, batch_max_bytes=3_000)
     async with make_rig(cfg) as rig:
         rig.emu.set_faults(Faults(fail_next_jobs=1))
         rig.drain.now_ms = lambda: time.time_ns() // 1_000_000 + 10_000  # rows look 10 s old to the drain

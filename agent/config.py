@@ -120,7 +120,7 @@ class DataCloudConfig:
 
 @dataclass(frozen=True, slots=True)
 class DrainConfig:
-    flush_interval_seconds: float = 30.0
+    flush_interval_seconds: float = 120.0
     batch_max_bytes: int = 190_000      # under the 200 KB streaming limit, counting the envelope
     bulk_after_seconds: float = 3600.0  # oldest undelivered older than this -> bulk backfill
     bulk_min_rows: int = 100_000        # or a backlog at least this large

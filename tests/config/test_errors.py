@@ -67,7 +67,7 @@ CASES: list[Case] = [
     ('source_name = "solar_agent"', "source_name = 7", "datacloud.source_name", "(got 7)", None),
     ('client_id = "3MVG9', 'client_xd = "3MVG9',
      "datacloud.client_xd", "unknown key", "did you mean 'client_id'?"),
-    ("flush_interval_seconds = 30.0", 'flush_interval_seconds = "30s"', "drain.flush_interval_seconds",
+    ("flush_interval_seconds = 120.0", 'flush_interval_seconds = "30s"', "drain.flush_interval_seconds",
      "(got '30s')", "write 30"),
     ("batch_max_bytes = 190_000", "batch_max_bytes = 200_000",
      "drain.batch_max_bytes", "(got 200000)", "200_000"),

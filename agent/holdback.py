@@ -116,6 +116,9 @@ class HoldBack:
         self._floor = not_before_ms
         self._on_released = on_released
         self._unsynced_at: int | None = None    # boot ms of the last "unsynced" observation
+        # Boot ms of the first "synced" observation after it. The sync itself happened somewhere
+        # between the two: until max_age_ms after this, a reading may still carry the old clock.
+        self._synced_seen_at: int | None = None
         first = clock.stamp()
         if first.quality != "synced":
             # Seen now, before any source runs: a reading stamped before a sync that happens
@@ -147,6 +150,7 @@ class HoldBack:
         if st.quality == "synced":
             return self._admit_synced(readings, st.boot_id, st.boot_ms, st.time_ms), 0
         self._unsynced_at = st.boot_ms
+        self._synced_seen_at = None
         wall_now = self._wall_ms()
         ready: list[Reading] = []
         held: list[HeldReading] = []
@@ -169,9 +173,12 @@ class HoldBack:
     def _admit_synced(self, readings: Sequence[Reading], boot_id: str, boot_now: int, wall_now: int) -> list[Reading]:
         snap = Restamp(boot_id, boot_now, wall_now, self._floor)
         since = self._unsynced_at
-        racing = since is not None and boot_now - since <= self._max_age_ms
+        if since is not None and self._synced_seen_at is None:
+            self._synced_seen_at = boot_now
+        # Racing while a reading handed over now (read at most max_age_ms ago) may predate the sync.
+        racing = self._synced_seen_at is not None and boot_now - self._synced_seen_at <= self._max_age_ms
         if since is not None and not racing:
-            self._unsynced_at = None
+            self._unsynced_at = self._synced_seen_at = None
         if since is not None and self._held_known:
             self._wake.set()        # the clock synced since we last held: release without waiting
         out: list[Reading] = []
@@ -205,11 +212,14 @@ class HoldBack:
         st = self._clock.stamp()
         restamp: Callable[[str, int], int | None]
         if st.quality == "synced":
+            if self._unsynced_at is not None and self._synced_seen_at is None:
+                self._synced_seen_at = st.boot_ms   # run() calls this every few seconds: the sync is seen early
             if not self._held_known:
                 return None
             restamp = Restamp(st.boot_id, st.boot_ms, st.time_ms, self._floor)
         else:
             self._unsynced_at = st.boot_ms
+            self._synced_seen_at = None
             if self._lost_checked:
                 return None
             # Rows of earlier boots are lost whatever this clock does: settle them once at start,

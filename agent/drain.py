@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.config import DrainConfig
-from agent.datacloud.streaming import Backoff
+from agent.datacloud.streaming import Backoff, DeliveryResult
 from agent.errors import AuthError, DataCloudError, JobError, RetryableError, ThrottledError
 from agent.outbox import Lease, OutboxStats
 from agent.records import STREAMING_OVERHEAD
@@ -92,7 +92,9 @@ class DrainOutbox(Protocol):
 
 
 class StreamSink(Protocol):
-    async def deliver(self, rows: list[tuple[str, bytes]]) -> object: ...
+    """Delivers one batch: accepted and rejected ids; raises Throttled/Retryable/Auth errors."""
+
+    async def deliver(self, rows: list[tuple[str, bytes]]) -> DeliveryResult: ...
 
 
 class BulkSink(Protocol):
@@ -113,7 +115,7 @@ class Pacing(Protocol):
 
 @dataclass(slots=True)
 class _Kick:
-    """A wake-up with a reason, so waits end early on new data or an operator's `drain --now`."""
+    """A wake-up, so waits end early on a full batch, a stop or an operator's `drain --now`."""
 
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -167,7 +169,7 @@ class Drain:
         self._unsent_bytes = 0
         self._first_unsent_ms: int | None = None
         self._stopping = False
-        self.bulk_enabled = bulk is not None
+        self._force_bulk = False
         # Rows per stream lease: bytes decide, this only bounds the lease query.
         self._max_records = 5000
 
@@ -190,8 +192,6 @@ class Drain:
         if bulk:
             self._force_bulk = True
             self._bulk_kick.set()
-
-    _force_bulk: bool = False
 
     @property
     def lane(self) -> str:
@@ -305,8 +305,8 @@ class Drain:
             return await self._retry_later(lease, f"{type(exc).__name__}: {exc}", delay)
         finally:
             state.active = False
-        accepted = list(getattr(result, "accepted_ids", ()))
-        rejected: dict[str, str] = dict(getattr(result, "rejected", {}))
+        accepted = result.accepted_ids
+        rejected = result.rejected
         if rejected:
             await self.outbox.reject(lease, rejected)
             state.rejected_total += len(rejected)

@@ -325,7 +325,7 @@ class Agent:
         # Poll the lanes' counters with a deadline: the drain has no completion event to wait on,
         # and an operator wants an answer in seconds, not at the next flush interval.
         while before.rows - before.leased > 0:
-            if bulk and drain.bulk_enabled:
+            if bulk and drain.bulk is not None:
                 done = bulk_st.jobs_total > marks[2] or bulk_st.failures_total > marks[4]
             else:
                 done = stream.requests_total > marks[0] and not stream.active

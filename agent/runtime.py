@@ -73,7 +73,7 @@ class _Run:
     builder: RecordBuilder
     started_ms: int
     tokens: TokenProvider
-    holdback: HoldBack | None = None       # readings taken while the clock is unsynchronised
+    holdback: HoldBack                     # readings taken while the clock is unsynchronised
     stats: OutboxStats | None = None       # cached for health(), which must not do I/O
     source_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -143,6 +143,8 @@ class Agent:
                     pass
             except* OutboxFatalError as group:
                 fatal.extend(group.exceptions)
+            finally:
+                self.notifier.close()
             for exc in fatal:
                 log.critical("outbox: cannot commit, stopping so systemd restarts the agent: %s", exc)
             return EXIT_FATAL if fatal else EXIT_OK
@@ -181,8 +183,7 @@ class Agent:
             # Created before the sources start, so it sees an unsynchronised clock before any reading.
             holdback = HoldBack(outbox, self.clock, builder,
                                 on_released=lambda r: drain.notify_appended(r.restamped, r.restamped_bytes))
-            run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens,
-                       holdback=holdback)
+            run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens, holdback)
             self._run = run
             if self._status_enabled:
                 await stack.enter_async_context(
@@ -196,14 +197,12 @@ class Agent:
     async def _supervise(self, run: _Run) -> bool:
         async with asyncio.TaskGroup() as tg:
             for src in run.sources:
-                self.watchdog.register(src.name)
                 run.source_tasks.append(tg.create_task(src.run(self._emit), name=f"agent[{src.name}]"))
             # The drain beats from its loop (also while idle); a hung event loop stops the beats and
             # systemd's watchdog restarts us. Sources do not beat: a dead inverter is not a hang.
             self.watchdog.register("drain")
             drain_task = tg.create_task(run.drain.run(), name="agent[drain]")
             status_task = tg.create_task(self._publish_status(run), name="agent[notify]")
-            assert run.holdback is not None
             holdback_task = tg.create_task(run.holdback.run(), name="agent[clock.holdback]")
             interval = watchdog_interval()
             if interval is not None:
@@ -268,7 +267,6 @@ class Agent:
             raise asyncio.CancelledError
         encoded: list[EncodedRecord] = []
         source = readings[0].source if readings else ""
-        assert run.holdback is not None
         try:
             # Readings whose time cannot be trusted are held durably (committed when admit returns)
             # and re-stamped once the clock syncs; never sent with a wrong time.

@@ -28,6 +28,7 @@ test: $(STAMP) sysdeps
 
 soak: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -m soak $(PYTEST_ARGS)
+	SOLAR_AGENT_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -m fuzz $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/solar-agent demo

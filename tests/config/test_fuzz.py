@@ -9,12 +9,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.cli import main
 from agent.config import AgentConfig, accepted_keys, config_errors, load_config, parse_config, to_toml
 from agent.errors import ConfigError
+from tests.fuzz import examples
 
 from .conftest import EXAMPLE
 
@@ -52,7 +54,8 @@ def _outcome(data: Any) -> AgentConfig | ConfigError:
         return exc
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.fuzz
+@settings(max_examples=examples(300), deadline=None)
 @given(documents)
 def test_random_documents_give_a_config_or_config_error(data: dict[str, Any]) -> None:
     _outcome(data)
@@ -93,7 +96,8 @@ def mutated_examples(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
-@settings(max_examples=400, deadline=None)
+@pytest.mark.fuzz
+@settings(max_examples=examples(400), deadline=None)
 @given(mutated_examples())
 def test_random_mutations_of_the_example_give_a_config_or_config_error(data: dict[str, Any]) -> None:
     result = _outcome(data)
@@ -121,7 +125,8 @@ def mangled_texts(draw: st.DrawFn) -> str:
     return "\n".join(lines)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.fuzz
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mangled_texts())
 def test_mangled_files_through_the_cli_exit_0_or_2(text: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from agent.config import MqttConfig
 from agent.errors import PayloadError
 from agent.records import IDENTITY_FIELDS, Reading, load_schema
 from agent.sources.profiles import PROFILES
+from tests.fuzz import examples
 
 METRICS = set(load_schema().names) - set(IDENTITY_FIELDS)
 CFG = {
@@ -47,7 +49,8 @@ def _check(readings: list[Reading]) -> None:
         assert isinstance(r.time_ms, int) and r.time_ms > 0
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.fuzz
+@settings(max_examples=examples(150), deadline=None)
 @given(profile=st.sampled_from(sorted(PROFILES)),
        msgs=st.lists(st.tuples(TOPIC, PAYLOAD, st.integers(0, 5000)), max_size=25))
 def test_feed_never_crashes(profile: str, msgs: list[tuple[str, bytes, int]]) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from agent.errors import DeviceProtocolError
 from agent.sources import sunspec
+from tests.fuzz import examples
 
 CASES = Path(__file__).parent.parent / "cases" / "sunspec"
 
@@ -150,7 +151,8 @@ SENTINELS_16 = st.sampled_from([0x8000, 0xFFFF, 0, 0x7FFF, 1])
 WORD = st.one_of(st.integers(0, 0xFFFF), SENTINELS_16)
 
 
-@settings(max_examples=200, deadline=None)
+@pytest.mark.fuzz
+@settings(max_examples=examples(200), deadline=None)
 @given(mid=st.sampled_from([1, 101, 102, 103, 111, 112, 113, 160, 701, 714]), data=st.data())
 def test_random_images_never_crash(mid: int, data: st.DataObject) -> None:
     length = sunspec.model_def(mid).group.length - 2

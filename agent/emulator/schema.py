@@ -7,14 +7,9 @@ everit-json-schema messages Data Cloud returns in ``validationReport`` (dataclou
 
 from __future__ import annotations
 
-import csv
-import io
-import itertools
 import json
-import json.encoder
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,8 +17,8 @@ from typing import Any, Final
 
 import yaml
 
-_DATETIME_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$")
-_DATE_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DATETIME_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$")
+DATE_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _SUPPORTED: Final = {
     ("string", None), ("number", None), ("boolean", None), ("string", "date"), ("string", "date-time"),
@@ -112,9 +107,9 @@ def check_value(field: str, ftype: FieldType, value: Any) -> str | None:
         return f"#/{field}: expected type: {ftype.label}, found: {found}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"#/{field}: {value} is not a finite number"
-    if ftype.format == "date-time" and value and not _DATETIME_RE.match(value):
+    if ftype.format == "date-time" and value and not DATETIME_RE.match(value):
         return f"#/{field}: [{value}] is not a valid date-time. Expected [yyyy-MM-dd'T'HH:mm:ss.SSS'Z']"
-    if ftype.format == "date" and value and not _DATE_RE.match(value):
+    if ftype.format == "date" and value and not DATE_RE.match(value):
         return f"#/{field}: [{value}] is not a valid date. Expected [yyyy-MM-dd]"
     return None
 
@@ -150,153 +145,3 @@ def parse_json_strict(raw: bytes) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     return json.loads(raw.decode("utf-8"), parse_constant=_reject)
-
-
-# --- CSV (bulk) -------------------------------------------------------------------------
-
-class CsvFileError(ValueError):
-    """An uploaded bulk file that Data Cloud would refuse."""
-
-
-def _row_batches(text: Iterator[str], size: int) -> Iterator[list[list[str]]]:
-    """Rows in batches, blank lines skipped. Blocks without a quote character are split with
-    str.split (several times faster than the csv module); from the first quote on, RFC 4180
-    parsing by the csv module (a quoted field may span lines).
-    """
-    while lines := list(itertools.islice(text, size)):
-        if '"' in "".join(lines):
-            reader = _reader(itertools.chain(lines, text))
-            while batch := [r for r in itertools.islice(reader, size) if r]:
-                yield batch
-            return
-        yield [line.rstrip("\r\n").split(",") for line in lines if line not in ("\n", "\r\n")]
-
-
-def _reader(data: Iterator[str]) -> Iterator[list[str]]:
-    # strict=True makes a stray quote an error instead of silently mangling the value.
-    return csv.reader(data, delimiter=",", quotechar='"', strict=True)
-
-
-_NUM: Final = r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?"
-_JSON_NUMBER_RE: Final = re.compile(_NUM)
-# Whole-column checks: one C-level regex over the joined column instead of one call per cell.
-_NUMBER_COLUMN_RE: Final = re.compile(rf"(?:{_NUM})?(?:\n(?:{_NUM})?)*")
-_COLUMN_RE: Final = {
-    fmt: re.compile(rf"(?:{pat.pattern[1:-1]})?(?:\n(?:{pat.pattern[1:-1]})?)*")
-    for fmt, pat in (("date-time", _DATETIME_RE), ("date", _DATE_RE))
-}
-_encode_str: Final = json.encoder.encode_basestring
-
-
-def _json_column(field: str, ftype: FieldType, cells: tuple[str, ...], first_row: int) -> list[str]:
-    """One CSV column as JSON value texts ('' -> null); raises CsvFileError at the first bad cell.
-
-    Column-wise so the per-cell work is C-level joins, regexes and maps: a 1,000,000-row
-    backfill must validate in seconds.
-    """
-    def bad(i: int, what: str) -> CsvFileError:
-        return CsvFileError(f"row {first_row + i}: #/{field}: [{cells[i]}] is not {what}")
-
-    def joined_ok(rx: re.Pattern[str]) -> bool:
-        joined = "\n".join(cells)
-        # A cell with its own newline would fool the joined check: then go cell by cell.
-        return joined.count("\n") == len(cells) - 1 and rx.fullmatch(joined) is not None
-
-    if ftype.type == "number":
-        out = [c or "null" for c in cells]
-        if joined_ok(_NUMBER_COLUMN_RE):
-            return out
-        for i, cell in enumerate(cells):
-            if cell and not _JSON_NUMBER_RE.fullmatch(cell):
-                try:  # "+1", ".5", "1." are numbers too, just not JSON spellings
-                    value = float(cell)
-                except ValueError:
-                    raise bad(i, "a number") from None
-                if not math.isfinite(value):
-                    raise bad(i, "a finite number")
-                out[i] = repr(value)
-        return out
-    if ftype.type == "boolean":
-        out = []
-        for i, cell in enumerate(cells):
-            low = cell.lower()
-            if low not in ("true", "false", ""):
-                raise bad(i, "a boolean")
-            out.append(low or "null")
-        return out
-    column_re = _COLUMN_RE.get(ftype.format or "")
-    if column_re is not None and not joined_ok(column_re):
-        pattern = _DATETIME_RE if ftype.format == "date-time" else _DATE_RE
-        for i, cell in enumerate(cells):
-            if cell and not pattern.match(cell):
-                raise bad(i, f"a valid {ftype.format}")
-    return ["null" if not cell else text for cell, text in zip(cells, map(_encode_str, cells), strict=True)]
-
-
-def iter_upsert_chunks(
-    obj: ObjectSchema, text: io.TextIOBase, *, reject_unknown: bool, chunk_rows: int = 20_000
-) -> Iterator[tuple[list[str], list[str]]]:
-    """(primary keys, record JSON texts) per chunk of an upsert file; CsvFileError on a bad row.
-
-    Bulk updates are full replace: schema fields absent from the header are stored as null.
-    """
-    batches = _row_batches(text, chunk_rows)
-    try:
-        first = next(batches, [])
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise CsvFileError(f"line 1: {exc}") from exc
-    if not first:
-        raise CsvFileError("the file is empty: an upsert file starts with a header of field names")
-    header, first = first[0], first[1:]
-    unknown = [h for h in header if h not in obj.fields]
-    if unknown and reject_unknown:
-        raise CsvFileError(f"header: unknown field names {unknown} (not in object {obj.name})")
-    if len(set(header)) != len(header):
-        raise CsvFileError("header: a field name appears twice")
-    if obj.primary_key not in header:
-        raise CsvFileError(f"header: the primary key column {obj.primary_key!r} is missing")
-    width = len(header)
-    pk_index = header.index(obj.primary_key)
-    used = [(i, h) for i, h in enumerate(header) if h in obj.fields]
-    # One %-template per file: the record text is built by C-level string formatting.
-    template = "{" + ",".join(
-        _encode_str(f).replace("%", "%%") + ":" + ("%s" if f in header else "null") for f in obj.fields) + "}"
-    order = {h: n for n, (_, h) in enumerate(used)}
-    slots = [order[f] for f in obj.fields if f in order]
-    row_no = 0
-    try:
-        for batch in itertools.chain([first], batches):
-            if not batch:
-                continue
-            for n, row in enumerate(batch):
-                if len(row) != width:
-                    raise CsvFileError(f"row {row_no + n + 1}: {len(row)} values for {width} header columns")
-            columns = list(zip(*batch, strict=True))
-            pks = list(columns[pk_index])
-            if "" in pks:
-                raise CsvFileError(f"row {row_no + pks.index('') + 1}: empty primary key {obj.primary_key}")
-            converted = [_json_column(h, obj.fields[h], columns[i], row_no + 1) for i, h in used]
-            ordered = [converted[s] for s in slots]
-            yield pks, [template % values for values in zip(*ordered, strict=True)]
-            row_no += len(batch)
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise CsvFileError(f"row {row_no + 1}: {exc}") from exc
-
-
-def iter_delete_rows(text: io.TextIOBase) -> Iterator[str]:
-    """Primary keys of a delete file: no header, 1 or 2 columns (key, optional datetime)."""
-    line = 0
-    try:
-        for row in _reader(text):
-            line += 1
-            if row == []:
-                continue
-            if len(row) > 2:
-                raise CsvFileError(f"line {line}: a delete file has 1 or 2 columns, found {len(row)}")
-            if row[0] == "":
-                raise CsvFileError(f"line {line}: empty primary key")
-            if len(row) == 2 and not _DATETIME_RE.match(row[1]):
-                raise CsvFileError(f"line {line}: [{row[1]}] is not a valid date-time")
-            yield row[0]
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise CsvFileError(f"line {line}: {exc}") from exc

@@ -10,18 +10,17 @@ bearer check, handler, lost response; in that order.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import pickle
 import random
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -30,18 +29,16 @@ from aiohttp import web
 from agent.emulator._http import ApiError, error_response
 from agent.emulator.auth import HTML_REDIRECT_PAGE, OAuthError, TokenAuthority, load_verifying_key
 from agent.emulator.bulk import Job, JobBook
+from agent.emulator.bulkcsv import CsvFileError, DeleteConverter, UpsertConverter
 from agent.emulator.schema import (
-    CsvFileError,
     ObjectSchema,
     default_schema_path,
-    iter_delete_rows,
-    iter_upsert_chunks,
     load_schema,
     parse_json_strict,
     validate_record,
 )
 from agent.emulator.settings import DEFAULT_LOGIN_AUDIENCES, EmulatorSettings, Faults
-from agent.emulator.store import LandedStore
+from agent.emulator.store import LandedStore, StagedJob
 from agent.emulator.tls import ensure_certificates, server_context
 
 log = logging.getLogger(__name__)
@@ -53,6 +50,9 @@ INGEST_ENDPOINTS: Final = frozenset({
     "job_create", "job_list", "job_get", "job_patch", "job_delete", "job_upload",
 })
 _CHUNK: Final = 1 << 16
+# Upload bytes handed to the converter thread at a time: big enough that per-block work is
+# noise, small enough that conversion keeps pace with the socket.
+_STAGE_BLOCK: Final = 1 << 20
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Emulator:
         self._bucket = _TokenBucket(settings.rate_limit_rps)
         self._jobs = JobBook(settings.max_concurrent_jobs, settings.max_jobs_per_hour, settings.max_files_per_job)
         self._uploading: set[str] = set()
-        self._staged: dict[str, list[Path]] = {}  # job id -> converted chunk files, upload order
+        self._staged: dict[str, StagedJob] = {}  # job id -> its converted rows, upload order
         self._workdir = Path(tempfile.mkdtemp(prefix="solar-emulator-"))
         self.store = LandedStore(settings.db_path or self._workdir / "landed.sqlite")
         # One store thread keeps writes in arrival order (a later upsert of a key wins).
@@ -182,6 +182,8 @@ class Emulator:
         if self._runner is not None:
             await self._runner.cleanup()
         self._store_exec.shutdown(wait=True)
+        for staged in self._staged.values():
+            staged.close()
         self.store.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -206,6 +208,11 @@ class Emulator:
                 await self._landed.wait_for(lambda: self.store.count() >= n)
         except TimeoutError:
             raise TimeoutError(f"{self.store.count()} of {n} records landed within {timeout}s") from None
+
+    def staged_rows(self, job_id: str) -> int:
+        """Rows of a job validated and staged so far (a file still uploading included); 0 once landed."""
+        staged = self._staged.get(job_id)
+        return staged.staged_rows if staged is not None else 0
 
     def job_state(self, job_id: str) -> str | None:
         job = self._jobs.jobs.get(job_id)
@@ -494,9 +501,10 @@ class Emulator:
             job.set_state("Failed")
             log.info("bulk job failed (injected) job=%s", job.id)
             return
-        files = self._staged.pop(job.id, [])
-        await self._in_store(lambda: self.store.apply_chunks(job.operation, _read_chunks(files)))
-        await self._drop_files(files)
+        staged = self._staged.pop(job.id, None)
+        if staged is not None:
+            await self._in_store(partial(self.store.land_staged, staged))
+            await asyncio.to_thread(staged.drop)
         job.processing_ms = int((time.monotonic() - started) * 1000)
         job.set_state("JobComplete")
         log.info("bulk job complete job=%s rows=%d", job.id, job.rows)
@@ -513,67 +521,76 @@ class Emulator:
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"the file is over {limit} bytes", code="PAYLOAD_TOO_LARGE")
         self._uploading.add(job_id)
-        path = self._workdir / f"upload-{job_id}-{job.files}.csv"
         try:
-            await self._receive_file(request, path, limit)
-            obj = self._objects[job.object]
-            reject = self.settings.reject_unknown_fields
-            op = job.operation
-
-            staged = self._workdir / f"staged-{job_id}-{job.files}.pickle"
-
-            def stage() -> int:
-                # Validate and convert now (a bad file is a synchronous 400); land at JobComplete.
-                n = 0
-                with path.open(encoding="utf-8", newline="") as fh, staged.open("wb") as out:
-                    chunks: Any = (iter_upsert_chunks(obj, fh, reject_unknown=reject) if op == "upsert"
-                                   else _delete_chunks(iter_delete_rows(fh)))
-                    for chunk in chunks:
-                        pickle.dump(chunk, out, protocol=pickle.HIGHEST_PROTOCOL)
-                        n += len(chunk[0])
-                return n
-
+            staged = self._staged.get(job_id)
+            if staged is None:
+                path = self._workdir / f"staged-{job_id}.sqlite"
+                staged = self._staged[job_id] = await asyncio.to_thread(StagedJob, path, job.operation)
+            converter = (UpsertConverter(self._objects[job.object], reject_unknown=self.settings.reject_unknown_fields)
+                         if job.operation == "upsert" else DeleteConverter())
             try:
-                n = await asyncio.to_thread(stage)
+                n = await self._stage_upload(request, converter, staged, limit)
             except CsvFileError as exc:
-                staged.unlink(missing_ok=True)
                 raise ApiError(400, f"invalid CSV file: {exc}") from None
-            self._staged.setdefault(job_id, []).append(staged)
         finally:
             self._uploading.discard(job_id)
-            path.unlink(missing_ok=True)
         job.files += 1
         job.rows += n
         job.set_state(job.state)
         log.info("bulk file staged job=%s file=%d rows=%d", job_id, job.files, n)
         return web.Response(status=202)
 
-    async def _drop_staged(self, job_id: str) -> None:
-        await self._drop_files(self._staged.pop(job_id, []))
+    async def _stage_upload(self, request: web.Request, converter: UpsertConverter | DeleteConverter,
+                            staged: StagedJob, limit: int) -> int:
+        """Validate, convert and stage the body while it streams in (never a whole file in memory).
 
-    async def _drop_files(self, files: list[Path]) -> None:
-        def unlink() -> None:
-            for f in files:
-                f.unlink(missing_ok=True)
-        await asyncio.to_thread(unlink)
+        Block k is converted on a worker thread while block k+1 is read, so a 150 MB file is
+        staged moments after its last byte. Any error (bad row, 413, dropped client) rolls the
+        file back: a refused file leaves nothing staged. Returns the file's row count.
+        """
+        loop = asyncio.get_running_loop()
 
-    async def _receive_file(self, request: web.Request, path: Path, limit: int) -> None:
-        """Stream the body to a temp file (never 150 MB in memory); 413 past ``limit``."""
-        size = 0
-        fh = await asyncio.to_thread(path.open, "wb")
+        file = await asyncio.to_thread(staged.begin_file)
+
+        def feed(data: bytes, last: bool) -> None:
+            staged.add(file, converter.feed(data))
+            if last:
+                staged.add(file, converter.close())
+
+        pending: asyncio.Future[None] | None = None
+        committed = False
         try:
+            size = 0
             buf = bytearray()
             async for chunk in request.content.iter_chunked(_CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, f"the file is over {limit} bytes", code="PAYLOAD_TOO_LARGE")
                 buf += chunk
-                if len(buf) >= 4 << 20:
-                    await asyncio.to_thread(fh.write, bytes(buf))
+                if len(buf) >= _STAGE_BLOCK:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, feed, bytes(buf), False)
                     buf.clear()
-            await asyncio.to_thread(fh.write, bytes(buf))
+            if pending is not None:
+                await pending
+            pending = None
+            await asyncio.to_thread(feed, bytes(buf), True)
+            n = await asyncio.to_thread(staged.commit_file)
+            committed = True
+            return n
         finally:
-            await asyncio.to_thread(fh.close)
+            if not committed:
+                # A block may still be converting on its thread: its add() comes after this
+                # rollback and stages nothing. Its outcome no longer matters, so it is consumed.
+                await asyncio.to_thread(staged.rollback_file)
+                if pending is not None:
+                    pending.add_done_callback(_consume)
+
+    async def _drop_staged(self, job_id: str) -> None:
+        staged = self._staged.pop(job_id, None)
+        if staged is not None:
+            await asyncio.to_thread(staged.drop)
 
     # --- admin ---------------------------------------------------------------------------------
     async def _admin_set_faults(self, request: web.Request) -> web.Response:
@@ -603,18 +620,7 @@ class Emulator:
         return web.json_response({"count": self.store.count(), "records": rows})
 
 
-
-
-def _delete_chunks(pks: Iterator[str], size: int = 20_000) -> Iterator[tuple[list[str], list[str]]]:
-    while batch := list(itertools.islice(pks, size)):
-        yield batch, []
-
-
-def _read_chunks(files: list[Path]) -> Iterator[tuple[list[str], list[str]]]:
-    for f in files:
-        with f.open("rb") as fh:
-            while True:
-                try:
-                    yield pickle.load(fh)
-                except EOFError:
-                    break
+def _consume(fut: asyncio.Future[None]) -> None:
+    """Mark an abandoned future's outcome as seen (its error was already answered otherwise)."""
+    if not fut.cancelled():
+        fut.exception()

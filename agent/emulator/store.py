@@ -1,8 +1,9 @@
 """The emulator's table of landed records: one SQLite file, upsert by primary key.
 
 ``writes`` counts how often a key was written, so a test can prove at-least-once on the
-wire and exactly-once in the table. Bulk files are validated and converted at upload (the
-server keeps them as staged chunk files) and land in one transaction when the job completes.
+wire and exactly-once in the table. Bulk files are validated and converted while they upload
+into a ``StagedJob`` (one SQLite file per job) and land in one transaction when the job
+completes.
 
 Methods are blocking; the server calls them through ``asyncio.to_thread``. One connection
 guarded by a lock (the emulator is a single writer; reads from tests are rare and small).
@@ -20,6 +21,11 @@ from typing import Any
 _DDL = """
 CREATE TABLE IF NOT EXISTS landed (pk TEXT PRIMARY KEY, record JSON NOT NULL, writes INT NOT NULL);
 """
+# "WHERE true" keeps SQLite from reading ON CONFLICT as a join constraint of the SELECT.
+_LAND_UPSERT = (
+    "INSERT INTO landed (pk, record, writes) SELECT pk, record, 1 FROM staging.staged WHERE true ORDER BY seq "
+    "ON CONFLICT (pk) DO UPDATE SET record = excluded.record, writes = landed.writes + 1"
+)
 _UPSERT = (
     "INSERT INTO landed (pk, record, writes) VALUES (?, ?, 1) "
     "ON CONFLICT (pk) DO UPDATE SET record = excluded.record, writes = landed.writes + 1"
@@ -33,6 +39,9 @@ class LandedStore:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # 16 KiB pages (new files only): a 640-byte record per row lands in about half the time
+        # it takes with 4 KiB pages when a 1,000,000-row bulk job completes.
+        self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # a test peer: speed over power-loss safety
         self._db.execute("PRAGMA cache_size=-65536")
@@ -86,21 +95,108 @@ class LandedStore:
             self._db.execute("COMMIT")
             self._recount()
 
-    def apply_chunks(self, operation: str, chunks: Iterable[tuple[list[str], list[str]]]) -> None:
-        """Land a completed bulk job: upsert (pks, records) or delete pks, all in one transaction."""
+    def land_staged(self, staged: StagedJob) -> None:
+        """Land a completed bulk job from its staging file, all in one transaction.
+
+        One INSERT ... SELECT in upload order: SQLite does the whole upsert (a later row of a key
+        wins and counts as another write), no row passes through Python.
+        """
+        staged.close()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ATTACH DATABASE ? AS staging", (str(staged.path),))
             try:
-                for pks, records in chunks:
-                    if operation == "upsert":
-                        self._db.executemany(_UPSERT, zip(pks, records, strict=True))
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if staged.operation == "upsert":
+                        self._db.execute(_LAND_UPSERT)
                     else:
-                        self._db.executemany("DELETE FROM landed WHERE pk = ?", ((pk,) for pk in pks))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                        self._db.execute("DELETE FROM landed WHERE pk IN (SELECT pk FROM staging.staged)")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                self._db.execute("DETACH DATABASE staging")
             self._recount()
 
     def _recount(self) -> None:
         self._count = self._db.execute("SELECT COUNT(*) FROM landed").fetchone()[0]
+
+
+class StagedJob:
+    """The converted rows of one bulk job, in their own SQLite file until the job lands or is dropped.
+
+    Each uploaded file is one transaction (``begin_file`` ... ``commit_file``/``rollback_file``),
+    so a file refused half-way leaves nothing behind. Blocking methods, called from worker
+    threads (the server allows one upload per job at a time). ``add`` names its file: a batch
+    still being converted when its file was rolled back is dropped, never written outside that
+    file's transaction (or into the next file's).
+    """
+
+    def __init__(self, path: Path, operation: str) -> None:
+        self.path = path
+        self.operation = operation
+        self.rows = 0  # rows of committed files
+        self._lock = threading.Lock()
+        self._file_rows = 0
+        self._file = 0  # number of the open file; 0 = none open
+        self._files = 0
+        self._db: sqlite3.Connection | None = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Scratch data: no fsync; the rollback journal stays in memory (it only has to undo one file).
+        self._db.execute("PRAGMA journal_mode=MEMORY")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE IF NOT EXISTS staged (seq INTEGER PRIMARY KEY, pk TEXT NOT NULL, record TEXT)")
+
+    @property
+    def staged_rows(self) -> int:
+        """Rows staged so far, a file still uploading included."""
+        return self.rows + (self._file_rows if self._file else 0)
+
+    def begin_file(self) -> int:
+        """Open the next file's transaction; returns its number for ``add``."""
+        with self._lock:
+            assert self._db is not None and not self._file
+            self._db.execute("BEGIN IMMEDIATE")
+            self._files += 1
+            self._file, self._file_rows = self._files, 0
+            return self._file
+
+    def add(self, file: int, chunks: Iterable[tuple[list[str], list[str]]]) -> None:
+        """Stage (pks, records) chunks of file ``file``; records are empty for a delete job."""
+        with self._lock:
+            if file != self._file or self._db is None:
+                return  # that file was rolled back (upload refused or cancelled) meanwhile
+            for pks, records in chunks:
+                if records:
+                    rows = zip(pks, records, strict=True)
+                    self._db.executemany("INSERT INTO staged (pk, record) VALUES (?, ?)", rows)
+                else:
+                    self._db.executemany("INSERT INTO staged (pk) VALUES (?)", ((pk,) for pk in pks))
+                self._file_rows += len(pks)
+
+    def commit_file(self) -> int:
+        """Keep the open file's rows; returns how many there were."""
+        with self._lock:
+            assert self._db is not None and self._file
+            self._db.execute("COMMIT")
+            self._file = 0
+            self.rows += self._file_rows
+            return self._file_rows
+
+    def rollback_file(self) -> None:
+        with self._lock:
+            if self._file and self._db is not None:
+                self._db.execute("ROLLBACK")
+            self._file = 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            self._file = 0
+
+    def drop(self) -> None:
+        """Close and delete the staging file (job landed, aborted, failed or deleted)."""
+        self.close()
+        self.path.unlink(missing_ok=True)

@@ -257,10 +257,11 @@ class UpsertConverter(_StreamingCsv):
             return [], []
         if set(map(str.count, lines, itertools.repeat(","))) != {width - 1}:
             return None
-        # Any empty cell at all? A few substring searches spare a scan of every string column.
-        empties = width > 1 and (any(s in text for s in (",,", "\n,", ",\n", ",\r"))
-                                 or text[0] == "," or text[-1] == ",")
-        flat = ",".join(lines).split(",")
+        block = ",".join(lines)
+        # Rows joined by commas: an empty cell anywhere shows as ",," or at an end. One search
+        # spares a scan of every string column.
+        empties = width > 1 and (",," in block or block[0] == "," or block[-1] == ",")
+        flat = block.split(",")
         obj = self._obj
         pks = flat[self._pk_index::width]
         if "" in pks:

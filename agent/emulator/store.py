@@ -143,6 +143,7 @@ class StagedJob:
         self._files = 0
         self._db: sqlite3.Connection | None = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # Scratch data: no fsync; the rollback journal stays in memory (it only has to undo one file).
+        self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=MEMORY")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE IF NOT EXISTS staged (seq INTEGER PRIMARY KEY, pk TEXT NOT NULL, record TEXT)")

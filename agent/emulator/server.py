@@ -183,7 +183,7 @@ class Emulator:
             await self._runner.cleanup()
         self._store_exec.shutdown(wait=True)
         for staged in self._staged.values():
-            staged.close()
+            await asyncio.to_thread(staged.close)
         self.store.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -549,7 +549,6 @@ class Emulator:
         file back: a refused file leaves nothing staged. Returns the file's row count.
         """
         loop = asyncio.get_running_loop()
-
         file = await asyncio.to_thread(staged.begin_file)
 
         def feed(data: bytes, last: bool) -> None:

@@ -64,9 +64,11 @@ SOURCE = "solar_agent"
 OBJECT = "solar_panel_event"
 _METRICS: dict[str, float | str] = {"ac_power_w": 4321.5, "ac_energy_wh": 12_345_678.0, "dc_voltage_v": 612.3,
                                     "temperature_c": 43.25, "operating_state": "MPPT"}
-# The defaults this simulation argues for (see the report in bench/results or the PR note).
-PROPOSED = DrainConfig(flush_interval_seconds=120.0, bulk_after_seconds=7 * 86400.0, bulk_min_rows=1_000_000,
-                       max_requests_per_second=2.0, retry_max_seconds=300.0, reconnect_jitter_seconds=60.0)
+
+# The agent ships DrainConfig() (flush every 120 s, tuned with this simulation). The comparison
+# runs the same code with the earlier 30 s flush interval, to show what the default buys.
+SHIPPED = DrainConfig()
+EARLIER = replace(DrainConfig(), flush_interval_seconds=30.0)
 
 
 @dataclass(frozen=True)
@@ -452,30 +454,34 @@ def _ingest(stats: dict[str, Any]) -> int:
 
 
 def _rows(label: str, cur: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows comparing the proposed defaults ("ours") with the current ones ("raw")."""
+    """Rows comparing the shipped defaults ("ours") with a 30 s flush interval ("raw")."""
     def ratio(a: Any, b: Any) -> float | None:
         return round(b / a, 2) if a and b is not None else None
     out = []
     for key, unit, name in (("converge_seconds", "s", "time to converge"), ("requests_429", "requests", "429s"),
                             ("peak_rps", "requests/s", "peak request rate (limit 250)"),
                             ("bulk_jobs_created", "jobs", "bulk jobs used (org: 20/h)"), ("lost", "records", "lost")):
-        out.append({"name": f"fleet {label}: {name}, proposed vs current defaults", "ours": new[key],
+        out.append({"name": f"fleet {label}: {name}, shipped defaults vs 30 s flush", "ours": new[key],
                     "raw": cur[key], "ratio": ratio(new[key], cur[key]), "unit": unit,
                     **({"target": 0} if key == "lost" else {})})
+    if not new["converged"] or not cur["converged"]:
+        out.append({"name": f"fleet {label}: converged (shipped / 30 s flush)", "ours": int(new["converged"]),
+                    "raw": int(cur["converged"]), "ratio": None, "unit": "1 = yes"})
     return out
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    """100 gateways (quick), plus 1,000 and a scaled 10,000; T = 1 h; current vs proposed defaults."""
+    """100 gateways (quick), plus 1,000 and a scaled 10,000; T = 1 h; shipped defaults vs a 30 s flush."""
     cases: list[tuple[str, FleetSpec]] = [("100 gw, 1 h outage", FleetSpec(100, 3600.0, workers=1))]
     if not quick:
-        cases.append(("1,000 gw, 1 h outage", FleetSpec(1000, 3600.0)))
+        cases.append(("1,000 gw, 1 h outage", FleetSpec(1000, 3600.0, deadline_seconds=600.0)))
+        # 10,000 gateways against 250 req/s is modelled as 1,000 against 25 req/s (CPU of one machine).
         cases.append(("10,000 gw scaled 1/10 (1,000 gw at 25 req/s), 1 h outage",
-                      FleetSpec(1000, 3600.0, rate_limit_rps=25.0)))
+                      FleetSpec(1000, 3600.0, rate_limit_rps=25.0, deadline_seconds=420.0)))
     rows: list[dict[str, Any]] = []
     for label, spec in cases:
-        cur = simulate(spec)
-        new = simulate(replace(spec, drain=PROPOSED, explicit_jitter_seconds=PROPOSED.reconnect_jitter_seconds))
+        cur = simulate(replace(spec, drain=EARLIER))
+        new = simulate(replace(spec, drain=SHIPPED))
         rows += _rows(label, cur, new)
     return rows
 
@@ -491,10 +497,10 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--jitter", type=float, default=0.0, help="explicit random delay before the first request")
     p.add_argument("--live-outage", type=float, default=0.0, help="seconds the outage lasts after the drains start")
     p.add_argument("--deadline", type=float, default=900.0)
-    p.add_argument("--proposed", action="store_true", help="use the proposed drain defaults")
+    p.add_argument("--earlier", action="store_true", help="use the earlier 30 s flush interval instead of the defaults")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a DrainConfig field")
     a = p.parse_args(argv)
-    drain = PROPOSED if a.proposed else DrainConfig()
+    drain = EARLIER if a.earlier else DrainConfig()
     for item in a.set:
         name, _, value = item.partition("=")
         drain = replace(drain, **{name: type(getattr(drain, name))(value)})

@@ -396,10 +396,20 @@ class BulkUploader:
     def _start_upload(self, rec: BulkJobRecord, f: BinaryIO | None, n: int) -> asyncio.Task[None]:
         """Upload file ``n`` in the background while the next one is encoded (one at a time per job)."""
         assert rec.job_id is not None and f is not None
-        task = asyncio.create_task(self._client.upload(rec.job_id, f), name=f"agent[bulk:{rec.job_id}].upload{n}")
+        task = asyncio.create_task(self._upload_file(rec.job_id, f), name=f"agent[bulk:{rec.job_id}].upload{n}")
         # Closed however the task ends, even if it is cancelled before it ever ran.
         task.add_done_callback(lambda _: f.close())
         return task
+
+    async def _upload_file(self, job_id: str, f: BinaryIO) -> None:
+        # Read it ourselves (one file, at most max_file_bytes) rather than hand aiohttp the file:
+        # aiohttp reads a file payload on a thread that can still run after the server answered,
+        # racing our close ("I/O operation on closed file" in a never-retrieved future).
+        try:
+            data = await asyncio.to_thread(f.read)
+        finally:
+            f.close()
+        await self._client.upload(job_id, data)
 
     async def _abort_quietly(self, rec: BulkJobRecord) -> None:
         assert rec.job_id is not None

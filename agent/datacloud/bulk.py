@@ -289,6 +289,19 @@ class BulkUploader:
         exhausted = True
         upload: asyncio.Task[None] | None = None
         acquired = False
+
+        async def ship() -> None:
+            """Create the job with the first file, let the previous upload finish, journal, start this one."""
+            nonlocal rec, acquired, upload, files
+            if rec.job_id is None:
+                rec = await self._create(rec)
+                acquired = True
+            if upload is not None:
+                await upload
+            files += 1
+            rec = await self._save(replace(rec, state="uploading", files_uploaded=files))
+            upload = self._start_upload(rec, spool.take(), files)
+
         try:
             async for chunk in chunks:
                 start = 0
@@ -297,14 +310,7 @@ class BulkUploader:
                     start, rows, nbytes = start + n, rows + n, nbytes + b
                     if not full:
                         continue
-                    if rec.job_id is None:
-                        rec = await self._create(rec)
-                        acquired = True
-                    if upload is not None:
-                        await upload
-                    files += 1
-                    rec = await self._save(replace(rec, state="uploading", files_uploaded=files))
-                    upload = self._start_upload(rec, spool.take(), files)
+                    await ship()
                     if files >= self.max_files:
                         # Even if nothing is left, we cannot know without pulling another chunk;
                         # the caller leases again and finds nothing.
@@ -313,14 +319,7 @@ class BulkUploader:
                 if files >= self.max_files:
                     break
             if spool.file is not None and spool.rows_in_file > 0:
-                if rec.job_id is None:
-                    rec = await self._create(rec)
-                    acquired = True
-                if upload is not None:
-                    await upload
-                files += 1
-                rec = await self._save(replace(rec, state="uploading", files_uploaded=files))
-                upload = self._start_upload(rec, spool.take(), files)
+                await ship()
             spool.discard()
             if upload is not None:
                 await upload

@@ -19,6 +19,7 @@ from agent.emulator import Emulator, Faults
 from agent.outbox import Outbox
 from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
 from tests.peers.emulator import CLIENT_ID, USERNAME, running_emulator
+from tests.waiting import wait_for as until
 
 SCHEMA = load_schema()
 BUILDER = RecordBuilder(SCHEMA, "site-d", "001DRAIN")
@@ -27,20 +28,6 @@ BUILDER = RecordBuilder(SCHEMA, "site-d", "001DRAIN")
 def records(n: int, device: str = "inv-1", start_ms: int = 1_750_000_000_000) -> list[EncodedRecord]:
     return [BUILDER.encode(Reading(device, start_ms + i * 1000, "sunspec-tcp", {"ac_power_w": float(i)}))
             for i in range(n)]
-
-
-async def until(cond: Callable[[], object], deadline_s: float = 10.0) -> None:
-    """Wait for a condition (sync or async) with a deadline, checking every 20 ms."""
-    deadline = time.monotonic() + deadline_s
-
-    async def holds() -> bool:
-        value = cond()
-        return bool(await value) if asyncio.iscoroutine(value) else bool(value)
-
-    while not await holds():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 async def _empty(outbox: Outbox) -> bool:

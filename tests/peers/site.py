@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,25 +44,11 @@ from agent.simulators.ptypair import Mangle, PtyPair
 from agent.simulators.sunspec_device import SunSpecSimulator
 from agent.status import fetch_status
 from tests.peers.emulator import CLIENT_ID, USERNAME, make_keypair
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_ID = "e2e-site"
 OPENDTU_SERIAL = "114182912345"
-
-
-async def wait_for(cond: Callable[[], bool | Awaitable[bool]], timeout: float, what: str,
-                   every: float = 0.05) -> None:
-    """Poll ``cond`` (sync or async) every ``every`` s until it holds; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if asyncio.iscoroutine(got) or isinstance(got, Awaitable):
-            got = await got
-        if got:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for: {what}")
-        await asyncio.sleep(every)  # polling a condition with a deadline
 
 
 def iso_ms(time_ms: int) -> str:

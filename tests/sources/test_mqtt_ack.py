@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from tests.peers.mosquitto import Broker, mosquitto_broker  # noqa: F401 (fixture)
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMIT_BEFORE_BLOCK = 2
@@ -54,13 +55,6 @@ def _committed(out: Path) -> list[tuple[str, int]]:
     if not out.exists():
         return []
     return [(d["device_id"], d["time_ms"]) for d in map(json.loads, out.read_text().splitlines())]
-
-
-async def _until(cond, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def _spawn(broker: Broker, out: Path, mode: str) -> subprocess.Popen[bytes]:
@@ -100,7 +94,7 @@ async def test_sigkill_before_commit_loses_nothing(mosquitto_broker: Broker, tmp
     # 3. a child that commits two readings, then blocks in emit; SIGKILL it there
     child = _spawn(mosquitto_broker, out, "block")
     try:
-        await _until(lambda: Path(str(out) + ".blocked").exists() or child.poll() is not None, "emit to block")
+        await wait_for(lambda: Path(str(out) + ".blocked").exists() or child.poll() is not None, 15, "emit to block")
         assert child.poll() is None, "child died before blocking"
     finally:
         _kill(child)
@@ -110,7 +104,7 @@ async def test_sigkill_before_commit_loses_nothing(mosquitto_broker: Broker, tmp
     # 4. restart with the same client id: the broker redelivers what was never acked
     child = _spawn(mosquitto_broker, out, "commit")
     try:
-        await _until(lambda: want <= set(_committed(out)), "redelivery of the uncommitted messages")
+        await wait_for(lambda: want <= set(_committed(out)), 15, "redelivery of the uncommitted messages")
     finally:
         _kill(child)
     assert want <= set(_committed(out))

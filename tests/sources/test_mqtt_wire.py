@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import paho.mqtt.client as paho
 import pytest
@@ -18,15 +18,7 @@ from agent.simulators.mqtt_publishers import GENERIC_FIELDS, PORTAL_ID, Message,
 from agent.sources import Source
 from agent.sources.mqtt import MqttSource
 from tests.peers.mosquitto import Broker, mosquitto_broker, mosquitto_tls  # noqa: F401 (fixtures)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll a condition with a deadline (there is no event to wait on across the broker)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from tests.waiting import wait_for as until
 
 
 class Sink:

@@ -1,4 +1,8 @@
-"""Hypothesis: every profile's feed survives any topic/payload, raising PayloadError at most."""
+"""Hypothesis: every profile's feed survives any topic/payload, raising PayloadError at most.
+
+Hostile numbers (5,000 digits, 1e999, NaN, nesting 12,000 deep) are in the mix: the issue that made
+one message take a site offline was a ValueError from json.loads, not a decoding bug.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from hypothesis import strategies as st
 from agent.config import MqttConfig
 from agent.errors import PayloadError
 from agent.records import IDENTITY_FIELDS, Reading, load_schema
-from agent.sources.profiles import PROFILES
+from agent.sources.profiles import NO_READING_REASONS, PROFILES
 from tests.fuzz import examples
 
 METRICS = set(load_schema().names) - set(IDENTITY_FIELDS)
@@ -36,8 +40,18 @@ JSONV = st.recursive(
         st.sampled_from(["value", "ENERGY", "Power", "Total", "method", "params", "ts", "em:0", "total_act_power",
                          "a_pf", "StatusSNS", "W", "st", "a", "b", "emdata:0", "total_act"]), kids, max_size=5),
     max_leaves=20)
+# Numbers and shapes that break parsers rather than decoders: Python refuses ints of over 4300 digits
+# (a ValueError, not a JSONDecodeError), json.loads accepts NaN/Infinity, deep nesting recurses.
+HOSTILE_NUMBER = st.one_of(
+    st.integers(300, 6000).map(lambda n: "9" * n), st.sampled_from(["1e999", "-1e999", "NaN", "Infinity", "-0",
+                                                                     "-Infinity", "1e-999", "0x10", "1_000"]),
+    st.integers(1, 12_000).map(lambda n: "[" * n + "]" * n))
+HOSTILE_JSON = st.tuples(st.sampled_from([
+    '{{"ENERGY":{{"Power":{0},"Total":{0}}}}}', '{{"value":{0}}}', "{0}", '{{"W":{0},"ts":{0}}}',
+    '{{"method":"NotifyStatus","params":{{"ts":{0},"em:0":{{"total_act_power":{0}}}}}}}',
+    '{{"StatusSNS":{{"ENERGY":{{"Power":[{0},{0}]}}}}}}']), HOSTILE_NUMBER).map(lambda t: t[0].format(t[1]).encode())
 PAYLOAD = st.one_of(st.binary(max_size=60), JSONV.map(lambda v: json.dumps(v).encode()),
-                    st.floats(allow_nan=True).map(lambda f: str(f).encode()))
+                    st.floats(allow_nan=True).map(lambda f: str(f).encode()), HOSTILE_JSON)
 
 
 def _check(readings: list[Reading]) -> None:
@@ -60,6 +74,34 @@ def test_feed_never_crashes(profile: str, msgs: list[tuple[str, bytes, int]]) ->
         now += dt
         with contextlib.suppress(PayloadError):
             _check(decoder.feed(topic, payload, now, tag=n))
+            assert decoder.outcome in (None, *NO_READING_REASONS)
         decoder.device_of(topic)
     _check(decoder.tick(now + 60_000))
     assert sorted(decoder.release()) == list(range(len(msgs))), "a message was never released for acking"
+
+
+# Real topics of each family, so every hostile payload reaches the JSON and number parsing.
+REAL_TOPICS = {
+    "generic": ["site/inv1/telemetry"],
+    "opendtu": ["solar/114182912345/0/power", "solar/114182912345/status/last_update",
+                "solar/1164a00cbf56/1/yieldtotal"],
+    "victron": ["N/abc/pvinverter/20/Ac/Power", "N/abc/system/0/Dc/Battery/Soc"],
+    "solarassistant": ["solar_assistant/inverter_1/pv_power/state",
+                       "solar_assistant/battery_1/state_of_charge/state"],
+    "tasmota": ["tele/plug1/SENSOR", "stat/plug1/STATUS10"],
+    "shelly": ["shelly1/events/rpc", "shelly1/status/em:0", "shelly1/status/switch:0", "shelly1/status/emdata:0"],
+}
+
+
+@pytest.mark.fuzz
+@settings(max_examples=examples(200), deadline=None)
+@given(data=st.data(), profile=st.sampled_from(sorted(PROFILES)))
+def test_hostile_payloads_on_real_topics_raise_payload_error_at_most(data: st.DataObject, profile: str) -> None:
+    decoder = PROFILES[profile].new_decoder(CFG[profile])
+    topic = data.draw(st.sampled_from(REAL_TOPICS[profile]))
+    payload = data.draw(st.one_of(HOSTILE_JSON, HOSTILE_NUMBER.map(str.encode)))
+    with contextlib.suppress(PayloadError):
+        _check(decoder.feed(topic, payload, 1_732_860_000_000, tag=1))
+        assert decoder.outcome in (None, *NO_READING_REASONS)
+    _check(decoder.tick(1_732_860_060_000))
+    assert decoder.release() == [1], "the message was never released for acking"

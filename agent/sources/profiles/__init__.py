@@ -7,6 +7,9 @@ a small state object fed one message at a time. ``PROFILES`` is the registry key
 Decoder contract (see ``_base`` for the ack bookkeeping)::
 
     feed(topic, payload, now_ms, tag=None) -> list[Reading]   # may raise PayloadError only
+    outcome -> str | None                                      # after feed: None if it fed a reading,
+                                                               # else why not (NO_READING_REASONS)
+    salvage() -> list[Reading]                                 # after feed raised: readings it completed first
     tick(now_ms) -> list[Reading]                              # cycles that went quiet
     release() -> list[tag]                                     # ack these after committing the above
     reset()                                                    # after a reconnect
@@ -26,13 +29,25 @@ from agent.config import MqttConfig
 from agent.errors import ConfigError
 from agent.records import IDENTITY_FIELDS, Reading, load_schema
 from agent.sources.profiles import generic, opendtu, shelly, solarassistant, tasmota, victron
-from agent.sources.profiles._base import is_write_topic
+from agent.sources.profiles._base import (
+    IGNORED,
+    MALFORMED,
+    NO_READING_REASONS,
+    STALE,
+    UNRECOGNISED_TOPIC,
+    is_write_topic,
+)
 
 
 class Decoder(Protocol):
     """Per-subscription decoder state. Not thread-safe: one owner (the source's task)."""
 
     def feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None = None) -> list[Reading]: ...
+
+    @property
+    def outcome(self) -> str | None: ...
+
+    def salvage(self) -> list[Reading]: ...
 
     def tick(self, now_ms: int) -> list[Reading]: ...
 
@@ -96,4 +111,5 @@ PROFILES: Final[dict[str, Profile]] = {
     "generic": Profile("generic", _generic_topics, _generic),
 }
 
-__all__ = ["PROFILES", "Decoder", "Profile", "is_write_topic"]
+__all__ = ["IGNORED", "MALFORMED", "NO_READING_REASONS", "PROFILES", "STALE", "UNRECOGNISED_TOPIC", "Decoder",
+           "Profile", "is_write_topic"]

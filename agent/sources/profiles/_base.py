@@ -8,7 +8,14 @@ Every ``feed`` gets an opaque ``tag`` (the source passes the MQTT message id). A
 * the message contributed nothing that is still held (names, status, ignored or write topics), or
 * the pending reading it contributed to has been returned by ``feed`` or ``tick``.
 
-A message that raised ``PayloadError`` contributed nothing; the source acks it after counting.
+A message that raised ``PayloadError`` contributed nothing; the source records it as a rejected
+input, then acks it.
+
+Every ``feed`` also leaves an ``outcome``: None when the message fed a reading (returned now or
+held in a pending cycle), else why it did not, one of :data:`NO_READING_REASONS`. The source counts
+them per feed, so no message disappears without a trace. A profile calls ``skip(reason)`` for a
+topic it knows but takes no reading from (names, status: ``ignored``; retained leftovers:
+``stale``); a message that neither fed a reading nor was skipped is ``unrecognised_topic``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,17 @@ from agent.records import Reading, Value
 # purpose: a broker only keeps a bounded number of un-PUBACKed messages in flight (mosquitto's
 # max_inflight_messages defaults to 20), so holding a cycle open too long stalls the stream.
 DEFAULT_IDLE_MS: Final = 2_000
+
+# Why a message gave no reading (counted per feed; see the module docstring).
+UNRECOGNISED_TOPIC: Final = "unrecognised_topic"   # not a topic this profile knows
+MALFORMED: Final = "malformed"                     # a known topic whose payload cannot be decoded
+STALE: Final = "stale"                             # retained or replayed values too old to be a reading
+IGNORED: Final = "ignored"                         # known and deliberately not a reading (names, status, writes)
+NO_READING_REASONS: Final = (UNRECOGNISED_TOPIC, MALFORMED, STALE, IGNORED)
+
+# JSON numbers longer than this are not measurements. Python refuses to parse integers of more than
+# 4300 digits (a ValueError, not a JSONDecodeError); such numbers become inf, which json_number refuses.
+_MAX_INT_DIGITS: Final = 40
 
 
 def is_write_topic(topic: str) -> bool:
@@ -63,18 +81,43 @@ def json_number(value: Any, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PayloadError(f"{where}: expected a number, got {value!r:.40}")
-    f = float(value)
+        raise PayloadError(f"{where}: expected a number, got {_short(value)}")
+    try:
+        f = float(value)
+    except OverflowError:       # an int too large for a float
+        raise PayloadError(f"{where}: not a finite number") from None
     if not math.isfinite(f):
         raise PayloadError(f"{where}: not a finite number")
     return f
 
 
-def load_json(payload: bytes, topic: str) -> Any:
-    """Parse a JSON payload or raise PayloadError naming the topic."""
+def _short(value: Any) -> str:
+    # repr of a hostile value (a 5,000-digit int, a deep list) may itself fail or be huge.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "an integer" if abs(value) >= 10 ** _MAX_INT_DIGITS else repr(value)
     try:
-        return json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return f"{value!r:.40}"
+    except (ValueError, RecursionError):
+        return type(value).__name__
+
+
+def _parse_int(text: str) -> int | float:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else float("inf")
+
+
+def _no_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity are not JSON; Python accepts them unless told otherwise.
+    raise PayloadError(f"payload holds {name}, which is not a JSON number")
+
+
+def load_json(payload: bytes, topic: str) -> Any:
+    """Parse a JSON payload or raise PayloadError naming the topic (never another exception)."""
+    try:
+        return json.loads(payload.decode("utf-8"), parse_int=_parse_int, parse_constant=_no_constant)
+    except PayloadError as exc:
+        raise PayloadError(f"topic={topic} {exc.message}",
+                           hint="check that the profile matches the device's firmware") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
         raise PayloadError(f"topic={topic} payload is not JSON ({exc.__class__.__name__})",
                            hint="check that the profile matches the device's firmware") from None
 
@@ -132,10 +175,12 @@ class Assembler:
         self._cycles: dict[str, _Cycle] = {}
         self._released: list[Hashable] = []
         self._held = False
+        self.touched = False       # the current message contributed to a cycle
 
     # -- tag bookkeeping -------------------------------------------------------------------
     def begin(self) -> None:
         self._held = False
+        self.touched = False
 
     def finish(self, tag: Hashable | None) -> None:
         """Release ``tag`` now unless the message was attached to a pending cycle."""
@@ -174,14 +219,17 @@ class Assembler:
             cyc = self.start(key, None, out)
         cyc.seen.add(fk)
         cyc.metrics.setdefault(device_id, {})[name] = value
+        self.touched = True
         cyc.dirty = True
         cyc.first_ms = cyc.first_ms or now_ms
         cyc.last_ms = now_ms
         self.attach(key, tag)
 
     def attach(self, key: str, tag: Hashable | None) -> None:
-        """Hold ``tag`` until ``key``'s cycle is flushed."""
+        """Hold ``tag`` until ``key``'s cycle is flushed (the message is part of that cycle)."""
         cyc = self._cycles.get(key)
+        if cyc is not None:
+            self.touched = True
         if cyc is None or tag is None:
             return
         cyc.tags.append(tag)
@@ -219,24 +267,57 @@ class BaseDecoder:
 
     def __init__(self, idle_ms: int = DEFAULT_IDLE_MS) -> None:
         self.asm = Assembler(f"mqtt-{self.profile}", idle_ms)
+        self._skipped: str | None = None
+        self._outcome: str | None = None
+        self._salvaged: list[Reading] = []
+
+    @property
+    def outcome(self) -> str | None:
+        """After ``feed``: None when the message fed a reading, else why not (NO_READING_REASONS)."""
+        return self._outcome
+
+    def skip(self, reason: str) -> None:
+        """Called by a profile's ``_feed``: this message is known but gives no reading, because ``reason``."""
+        self._skipped = reason
 
     def feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None = None) -> list[Reading]:
         """Decode one message; return the readings it completed (possibly none).
 
         Raises PayloadError for a payload the profile cannot decode; the message is then
-        released (it holds nothing) and the decoder state is unchanged by it.
+        released (it holds nothing) and the decoder state is unchanged by it. Whatever it raises,
+        the tag is released or held as usual, and readings this message completed before the
+        failure (an earlier cycle it closed) are kept for ``salvage``: their tags are released, so
+        they must be committed before the acks.
         """
         out: list[Reading] = []
         self.asm.begin()
+        self._skipped = None
+        self._outcome = MALFORMED          # what remains if _feed raises
         try:
-            if not is_write_topic(topic):
+            if is_write_topic(topic):
+                self._skipped = IGNORED
+            else:
                 self._feed(topic, payload, now_ms, tag, out)
+        except BaseException:
+            self._salvaged += out
+            raise
         finally:
             self.asm.finish(tag)
+        if self._skipped is not None:
+            self._outcome = self._skipped
+        elif out or self.asm.touched:
+            self._outcome = None
+        else:
+            self._outcome = UNRECOGNISED_TOPIC
         return out
 
     def _feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None, out: list[Reading]) -> None:
         raise NotImplementedError
+
+    def salvage(self) -> list[Reading]:
+        """Readings completed by a ``feed`` that then raised (commit them before acking)."""
+        out, self._salvaged = self._salvaged, []
+        return out
 
     def tick(self, now_ms: int) -> list[Reading]:
         """Readings of cycles that went quiet; call about once a second."""

@@ -68,6 +68,28 @@ class Reading:
     clock_quality: str = "synced"
 
 
+PAYLOAD_HEAD_BYTES = 256      # what a rejected input keeps of its payload: enough to see the shape
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedInput:
+    """An input that could not become readings, as recorded for a technician.
+
+    ``redelivered`` is the peer's own flag (MQTT DUP): a copy of an input recorded before a crash
+    must not be counted twice.
+    """
+
+    source: str              # mqtt:<feed>
+    topic: str
+    reason: str              # malformed | decode_error
+    detail: str              # the decoder's message
+    payload: bytes           # the first PAYLOAD_HEAD_BYTES bytes
+    payload_bytes: int       # the whole payload's size
+    received_ms: int
+    redelivered: bool = False
+
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaField:
     name: str

@@ -33,6 +33,7 @@ Look into the outbox (the SQLite file of readings waiting for Data Cloud) and ac
   stats          rows, bytes, age of the oldest, dead letters, drops (read-only)
   peek           the oldest waiting rows (read-only)
   dead-letters   records Data Cloud refused, with its reason (read-only)
+  rejected       inputs that could not become readings (poison MQTT messages), with the reason (read-only)
   requeue        put dead letters back in the queue (after fixing the cause, e.g. the schema)
   export         write the backlog as bulk-format CSV files for a manual upload (read-only)
 
@@ -45,6 +46,7 @@ examples:
   solar-agent outbox stats
   solar-agent outbox peek -n 5
   solar-agent outbox dead-letters -n 50
+  solar-agent outbox rejected --payload
   sudo solar-agent outbox requeue --all
   sudo solar-agent outbox requeue 5f1c...e2 9ab0...41
   solar-agent outbox export --out /tmp/backlog --max-file-bytes 100000000
@@ -77,6 +79,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         epilog="example:\n  solar-agent outbox dead-letters -n 50")
     s.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
     s.set_defaults(func=_dead_letters)
+
+    s = cmds.add_parser(
+        "rejected", help="inputs that could not become readings (poison MQTT messages)", formatter_class=raw,
+        description="Inputs the agent received but could not turn into readings (a payload the feed's "
+                    "profile cannot decode), newest first, with the reason and how often each was seen. "
+                    "They were recorded and then acknowledged, so the broker does not send them again. "
+                    "The table keeps the newest 1000 distinct inputs. Read-only.",
+        epilog="examples:\n  solar-agent outbox rejected\n  solar-agent outbox rejected -n 5 --payload")
+    s.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    s.add_argument("--payload", action="store_true", help="show the first bytes of each payload")
+    s.set_defaults(func=_rejected)
 
     s = cmds.add_parser("requeue", help="put dead letters back in the queue", formatter_class=raw,
                         description="Move dead letters back into the queue so they are sent again. Through "
@@ -136,7 +149,10 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"bytes         {human_bytes(st.bytes)} of {human_bytes(cap)} cap ({100 * st.bytes / cap:.1f}%)"
           if cap else f"bytes         {human_bytes(st.bytes)}")
     print(f"oldest        {'-' if age is None else human_age(age) + ' old (' + _when(st.oldest_enqueued_ms) + ')'}")
+    print(f"held          {st.held} (readings waiting for the clock to synchronise, then re-stamped and queued)")
     print(f"dead letters  {st.dead_letters}")
+    print(f"rejected      {st.rejected_inputs} distinct inputs that could not become readings "
+          f"(`solar-agent outbox rejected`)")
     print(f"dropped       {st.dropped_total} (by when_full={cfg.outbox.when_full}, since the file was created)")
     print(f"file          {human_bytes(st.file_bytes)} (with WAL)")
     return EXIT_OK
@@ -152,7 +168,13 @@ def _peek(args: argparse.Namespace) -> int:
     except OutboxError as exc:
         return _fail(exc)
     if not rows:
-        print("the outbox is empty: everything was delivered")
+        held = _held_count(cfg)
+        if held:
+            print(f"no rows in the queue, but {held} reading(s) are held until the clock synchronises "
+                  "(then they are re-stamped and queued)")
+            print("Try: timedatectl timesync-status (NTP needs UDP 123)")
+        else:
+            print("the outbox is empty: everything was delivered")
         return EXIT_OK
     for seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload in rows:
         state = f"leased #{lease_id}" if lease_id is not None else (
@@ -181,6 +203,44 @@ def _dead_letters(args: argparse.Namespace) -> int:
         print(f"    record: {bytes(payload).decode('utf-8', 'replace')}")
     print(f"{len(rows)} of {total} dead letter(s) shown")
     print("Try: fix the cause (schema in Data Cloud, site config), then: solar-agent outbox requeue --all")
+    return EXIT_OK
+
+
+def _held_count(cfg: AgentConfig) -> int:
+    try:
+        return read_stats(cfg.outbox.path).held
+    except OutboxError:
+        return 0
+
+
+def _rejected(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        with open_readonly(cfg.outbox.path) as conn:
+            has = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rejected_inputs'").fetchone()
+            total, seen = conn.execute("SELECT count(*), coalesce(sum(count), 0) FROM rejected_inputs").fetchone() \
+                if has else (0, 0)
+            rows = conn.execute(
+                "SELECT source, topic, reason, detail, payload_bytes, payload_head, first_ms, last_ms, count "
+                "FROM rejected_inputs ORDER BY last_ms DESC, id DESC LIMIT ?", (max(0, args.n),)).fetchall() \
+                if has else []
+    except OutboxError as exc:
+        return _fail(exc)
+    if not rows:
+        print("no rejected inputs: every message so far could be decoded")
+        return EXIT_OK
+    for source, topic, reason, detail, size, head, first_ms, last_ms, count in rows:
+        times = f"seen {count}x, last {_when(last_ms)}" + ("" if count == 1 else f", first {_when(first_ms)}")
+        print(f"{source}  {reason}  {times}")
+        print(f"    topic:  {topic}")
+        print(f"    error:  {detail}")
+        if args.payload:
+            shown = bytes(head).decode("utf-8", "backslashreplace")
+            more = f" ... ({size} bytes in all)" if size > len(head) else ""
+            print(f"    payload: {shown}{more}")
+    print(f"{len(rows)} of {total} distinct rejected input(s) shown ({seen} messages in all)")
+    print("Try: check the feed's profile against what the device publishes (README: supported devices)")
     return EXIT_OK
 
 

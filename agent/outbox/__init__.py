@@ -26,6 +26,9 @@ Contract (see design.md "Durability"):
 * Readings taken while the wall clock is unsynchronised are ``hold``-ed in a table of their own,
   never leasable, and ``release_held`` moves them to the queue with their re-stamped time (or to
   the dead letters when their boot is gone and their time can never be known).
+* Inputs that can never become readings (poison MQTT messages) are recorded in ``rejected_inputs``
+  (``record_rejected``, durable when it returns, so the source may ack them after): one row per
+  distinct input with a count, the newest ``REJECTED_INPUTS_CAP`` kept.
 * One writer thread owns the connection; the event loop is never blocked. A disk I/O error or a
   full disk while committing raises ``OutboxFatalError``: the process must exit non-zero.
 """
@@ -40,10 +43,11 @@ from agent.outbox.types import (
     Lease,
     LeasedRow,
     OutboxStats,
+    RejectedRow,
     ReleaseResult,
 )
 
 __all__ = [
     "AppendResult", "BulkJobRecord", "DeadLetter", "HeldReading", "Lease", "LeasedRow",
-    "Outbox", "OutboxStats", "ReleaseResult", "open_readonly", "read_stats",
+    "Outbox", "OutboxStats", "RejectedRow", "ReleaseResult", "open_readonly", "read_stats",
 ]

@@ -67,6 +67,26 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             reading BLOB NOT NULL
         )""",
     )),
+    (3, "inputs that could not become readings (poison MQTT messages)", (
+        # One row per distinct (source, topic, payload): a poison message a broker redelivers after a
+        # crash, or a device repeating the same garbage, counts up instead of filling the table.
+        # Capped (newest kept) by the outbox; payload_head keeps only the first bytes.
+        """CREATE TABLE rejected_inputs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            source TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            digest BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            payload_bytes INTEGER NOT NULL,
+            payload_head BLOB NOT NULL,
+            first_ms INTEGER NOT NULL,
+            last_ms INTEGER NOT NULL,
+            count INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (source, digest)
+        )""",
+        "CREATE INDEX rejected_inputs_last ON rejected_inputs(last_ms)",
+    )),
 )
 
 LATEST: Final = MIGRATIONS[-1][0]

@@ -57,8 +57,12 @@ def read_stats(path: Path) -> OutboxStats:
         oldest = conn.execute("SELECT enqueued_ms FROM events ORDER BY seq LIMIT 1").fetchone()
         has_held = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'held'").fetchone()
         held = conn.execute("SELECT count(*) FROM held").fetchone()[0] if has_held else 0
+        has_rejected = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rejected_inputs'").fetchone()
+        rejected = conn.execute("SELECT count(*) FROM rejected_inputs").fetchone()[0] if has_rejected else 0
         conn.execute("COMMIT")
     if meta is None:
         raise OutboxError(f"outbox {path} has no totals row", hint="start the agent once to migrate the file")
     rows, size, leased, dead, dropped = meta
-    return OutboxStats(rows, size, leased, oldest[0] if oldest else None, dead, dropped, _file_bytes(path), held)
+    return OutboxStats(rows, size, leased, oldest[0] if oldest else None, dead, dropped, _file_bytes(path), held,
+                       rejected)

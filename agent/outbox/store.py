@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import hashlib
 import logging
 import os
 import sqlite3
@@ -53,9 +54,10 @@ from agent.outbox.types import (
     Lease,
     LeasedRow,
     OutboxStats,
+    RejectedRow,
     ReleaseResult,
 )
-from agent.records import EncodedRecord, Reading
+from agent.records import EncodedRecord, Reading, RejectedInput
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 _SQLITE_FULL: Final = 13
 _SQLITE_IOERR: Final = 10
+# Distinct rejected inputs kept (newest first): enough to see every kind of garbage a site sends,
+# bounded so a device spewing unique garbage cannot grow the file.
+REJECTED_INPUTS_CAP: Final = 1000
 
 
 def _wall_ms() -> int:
@@ -92,9 +97,10 @@ class _Totals:
     dead_letters: int
     dropped_total: int
     next_lease_id: int
-    # Held rows are not in `meta` (migration 1 fixed its columns); open() counts them.
+    # Held rows and rejected inputs are not in `meta` (migration 1 fixed its columns); open() counts them.
     held: int = 0
     held_bytes: int = 0
+    rejected: int = 0
 
 
 class _Corrupt(Exception):
@@ -307,6 +313,22 @@ class Outbox:
             if after < 0:
                 return total
 
+    # ---- inputs that could not become readings ------------------------------------------------
+
+    async def record_rejected(self, item: RejectedInput) -> None:
+        """Record a poison input; durable when it returns (the source acks the input after).
+
+        The same input again (same source, topic and payload) counts up its row, except when the
+        peer marked it redelivered: a copy of an input recorded just before a crash. Beyond
+        ``REJECTED_INPUTS_CAP`` rows the least recently seen go. Not subject to the byte cap: the
+        table is bounded by itself.
+        """
+        await self._call(self._t_record_rejected, item)
+
+    async def rejected_inputs(self, limit: int = 100) -> list[RejectedRow]:
+        """The most recently seen rejected inputs, newest first."""
+        return await self._call(self._t_rejected_inputs, limit)
+
     # ---- bulk journal --------------------------------------------------------------------------
 
     async def save_job(self, job: BulkJobRecord) -> None:
@@ -407,6 +429,7 @@ class Outbox:
         self._t = _Totals(*row)
         self._t.held, self._t.held_bytes = conn.execute(
             "SELECT count(*), coalesce(sum(length(reading)), 0) FROM held").fetchone()
+        self._t.rejected = conn.execute("SELECT count(*) FROM rejected_inputs").fetchone()[0]
         self._t_release_leftovers()
 
     def _t_lock(self) -> None:
@@ -904,7 +927,7 @@ class Outbox:
         row = self._conn.execute("SELECT enqueued_ms FROM events ORDER BY seq LIMIT 1").fetchone()
         t = self._t
         return OutboxStats(t.rows, t.bytes, t.leased, row[0] if row else None, t.dead_letters,
-                           t.dropped_total, _file_bytes(self._path), t.held)
+                           t.dropped_total, _file_bytes(self._path), t.held, t.rejected)
 
     def _t_peek(self, limit: int) -> list[LeasedRow]:
         assert self._conn is not None
@@ -921,6 +944,33 @@ class Outbox:
             (limit,),
         ).fetchall()
         return [DeadLetter(*r) for r in rows]
+
+    def _t_record_rejected(self, item: RejectedInput) -> None:
+        digest = hashlib.sha256(item.topic.encode("utf-8", "surrogateescape") + b"\0" + item.payload).digest()[:16]
+        bump = 0 if item.redelivered else 1
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO rejected_inputs (source, topic, digest, reason, detail, payload_bytes, payload_head, "
+                "first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (source, digest) DO UPDATE SET count = count + ?, last_ms = excluded.last_ms",
+                (item.source, item.topic, digest, item.reason, item.detail[:500], item.payload_bytes,
+                 item.payload, item.received_ms, item.received_ms, bump),
+            )
+            n = conn.execute("SELECT count(*) FROM rejected_inputs").fetchone()[0]
+            if n > REJECTED_INPUTS_CAP:
+                conn.execute(
+                    "DELETE FROM rejected_inputs WHERE id IN "
+                    "(SELECT id FROM rejected_inputs ORDER BY last_ms, id LIMIT ?)", (n - REJECTED_INPUTS_CAP,))
+                n = REJECTED_INPUTS_CAP
+            self._t.rejected = n
+
+    def _t_rejected_inputs(self, limit: int) -> list[RejectedRow]:
+        assert self._conn is not None
+        rows = self._conn.execute(
+            "SELECT id, source, topic, reason, detail, payload_bytes, payload_head, first_ms, last_ms, count "
+            "FROM rejected_inputs ORDER BY last_ms DESC, id DESC LIMIT ?", (limit,),
+        ).fetchall()
+        return [RejectedRow(*r) for r in rows]
 
     def _t_save_job(self, job: BulkJobRecord) -> None:
         with self._tx() as conn:

@@ -39,6 +39,7 @@ class OutboxStats:
     dropped_total: int        # rows dropped by the full-disk policy since the file was created
     file_bytes: int
     held: int = 0             # readings held back while the clock was unsynchronised (not leasable)
+    rejected_inputs: int = 0  # rows in rejected_inputs (distinct poison inputs kept, capped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +105,19 @@ class ReleaseResult:
     waiting: int = 0
     failed: int = 0
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """One row of ``rejected_inputs``: a distinct input that could not become readings."""
+
+    id: int
+    source: str
+    topic: str
+    reason: str
+    detail: str
+    payload_bytes: int
+    payload_head: bytes
+    first_ms: int
+    last_ms: int
+    count: int

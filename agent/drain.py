@@ -28,7 +28,7 @@ from typing import Protocol
 
 from agent.config import DrainConfig
 from agent.datacloud.streaming import Backoff, DeliveryResult
-from agent.errors import AuthError, DataCloudError, JobError, RetryableError, ThrottledError
+from agent.errors import AuthError, DataCloudError, OutboxError, RetryableError, ThrottledError
 from agent.outbox import Lease, OutboxStats
 from agent.records import STREAMING_OVERHEAD
 
@@ -204,10 +204,11 @@ class Drain:
 
     # -- loops --------------------------------------------------------------------------------------
     async def run(self) -> None:
+        """Both lanes in one task group (tests and tools); the agent supervises the two loops apart."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._stream_loop(), name="agent[drain].stream")
+            tg.create_task(self.stream_loop(), name="agent[drain].stream")
             if self.bulk is not None:
-                tg.create_task(self._bulk_loop(), name="agent[drain].bulk")
+                tg.create_task(self.bulk_loop(), name="agent[drain].bulk")
 
     def stop(self) -> None:
         """No new deliveries start; the runtime cancels the task after its deadline."""
@@ -215,7 +216,8 @@ class Drain:
         self._kick.set()
         self._bulk_kick.set()
 
-    async def _stream_loop(self) -> None:
+    async def stream_loop(self) -> None:
+        """The stream lane until ``stop``; restartable (a restart keeps the lane's counters)."""
         interval = self.cfg.flush_interval_seconds
         # Gateways restarted by the same event (a regional power or LTE outage) must not flush in
         # lockstep: the first flush comes at a random point within one interval (at most the
@@ -303,6 +305,10 @@ class Drain:
         except DataCloudError as exc:
             delay = self._stream_backoff.next_delay()
             return await self._retry_later(lease, f"{type(exc).__name__}: {exc}", delay)
+        except Exception as exc:  # contained: an answer no client check foresaw must not strand the lease
+            log.debug("stream: unexpected error traceback", exc_info=exc)
+            delay = self._stream_backoff.next_delay()
+            return await self._retry_later(lease, f"unexpected {type(exc).__name__}: {exc}", delay)
         finally:
             state.active = False
         accepted = result.accepted_ids
@@ -372,7 +378,8 @@ class Drain:
             self.bulk_state.retry_at_ms = None
             return
 
-    async def _bulk_loop(self) -> None:
+    async def bulk_loop(self) -> None:
+        """The bulk lane until ``stop``; restartable (it resumes journaled jobs first)."""
         assert self.bulk is not None
         await self._resume_bulk_jobs()
         check_every = max(1.0, min(self.cfg.flush_interval_seconds, 30.0))
@@ -409,7 +416,11 @@ class Drain:
         log.info("bulk: backfilling %d rows (%.1f MB) in a bulk job", lease.count, lease.payload_bytes / 1e6)
         try:
             final = await self.bulk.run_job(lease)
-        except (ThrottledError, RetryableError, AuthError, JobError, DataCloudError) as exc:
+        except OutboxError:
+            raise                 # the outbox's own failure is not the job's: fatal ones end the agent
+        except Exception as exc:  # DataCloudError and anything unforeseen: the rows go back, the lane backs off
+            if not isinstance(exc, DataCloudError):
+                log.debug("bulk: unexpected error traceback", exc_info=exc)
             delay = (self._rng.uniform(*BULK_THROTTLE_SECONDS) if isinstance(exc, ThrottledError)
                      else self._bulk_backoff.next_delay())
             retry_at = self.now_ms() + int(delay * 1000)

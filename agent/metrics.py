@@ -31,7 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LabelKey = tuple[str, ...]
 
 LANES = ("stream", "bulk")
-STAGES = ("source", "outbox", "stream", "bulk", "auth")
+STAGES = ("source", "outbox", "stream", "bulk", "auth", "status")
 DISCARD_REASONS = ("outbox_full", "bad_record", "dead_letter")
 
 
@@ -107,6 +107,14 @@ class Counter(_Metric):
 
     kind: Literal["counter", "gauge"] = field(default="counter", init=False)
 
+    def sync(self, total: float, **labels: str) -> None:
+        """Mirror a count kept elsewhere (a source's per-device error counters).
+
+        A smaller total than before is a reset (a config reload built new sources); Prometheus'
+        rate() treats a counter that goes down exactly so.
+        """
+        self._values[self._key(labels)] = float(total)
+
     def inc(self, n: float = 1, **labels: str) -> None:
         if n < 0:
             raise ValueError(f"{self.name}: a counter cannot go down (inc {n})")
@@ -179,6 +187,16 @@ class AgentMetrics:
         self.oldest_undelivered_seconds = r.gauge(
             p + "oldest_undelivered_seconds", "Age of the oldest record still in the outbox.")
         self.dead_letters = r.gauge(p + "dead_letters", "Records in the dead-letter table.")
+        self.held_events = r.gauge(
+            p + "held_events", "Readings held until the clock is synchronised (not yet in the queue).")
+        self.rejected_inputs = r.gauge(
+            p + "rejected_inputs", "Inputs recorded in the rejected_inputs table (capped, newest kept).")
+        self.source_inputs_total = r.counter(
+            p + "source_inputs_total",
+            "Inputs (MQTT messages) per source and outcome: reading, or why none came of it.",
+            ("source", "outcome"))
+        self.restarts_total = r.counter(
+            p + "restarts_total", "Restarts of a supervised component after a failure.", ("component",))
         self.device_errors_total = r.counter(
             p + "device_errors_total", "Device read failures, per device and kind.", ("device", "kind"))
         self.requests_total = r.counter(

@@ -5,10 +5,12 @@ socket named in ``NOTIFY_SOCKET`` (a path, or an abstract name starting with ``@
 variable (run by hand, in tests) every call is a no-op, so callers never check.
 
 The watchdog is deliberately not a free-running timer: a timer task would keep pinging systemd while
-the drain loop or a Modbus poll loop hangs. Instead each working loop registers with a
-:class:`Watchdog` and calls ``beat(name)`` once per iteration; ``WATCHDOG=1`` goes out only while
-every registered loop has beaten within its own allowed period. A stuck loop therefore stops the
-pings, and systemd restarts the agent after ``WatchdogSec``.
+the drain loop hangs. Instead each working loop registers with a :class:`Watchdog` and calls
+``beat(name)`` once per iteration; ``WATCHDOG=1`` goes out only while every registered loop has
+beaten within its own allowed period and no added check reports a problem (the supervisor reports
+the components it gave up on). A stuck event loop, a stuck drain or a component given up therefore
+stop the pings, and systemd restarts the agent after ``WatchdogSec``. Sources never beat: a dead
+inverter must show in health, not restart the agent.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class Notifier:
     def stopping(self) -> bool:
         return self.send("STOPPING=1")
 
+    def reloading(self) -> bool:
+        """The config is being reloaded; ``ready()`` ends it (systemd keeps the unit active meanwhile)."""
+        return self.send("RELOADING=1")
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -141,6 +147,7 @@ class Watchdog:
         self._default_period = default_period_seconds
         self._clock = clock
         self._loops: dict[str, _Loop] = {}
+        self._checks: dict[str, Callable[[], list[str]]] = {}
         self._reported: frozenset[str] = frozenset()
 
     def register(self, name: str, period_seconds: float | None = None) -> None:
@@ -151,6 +158,10 @@ class Watchdog:
             raise ValueError(f"watchdog period for {name!r} must be positive")
         self._loops[name] = _Loop(period_seconds, self._clock())
 
+    def add_check(self, name: str, problems: Callable[[], list[str]]) -> None:
+        """Withhold the ping while ``problems()`` names anything (e.g. components a supervisor gave up on)."""
+        self._checks[name] = problems
+
     def unregister(self, name: str) -> None:
         """A loop that ends on purpose (a bus removed, shutdown) stops being expected."""
         self._loops.pop(name, None)
@@ -160,9 +171,12 @@ class Watchdog:
         self._loops[name].last = self._clock()
 
     def stale(self) -> list[str]:
-        """Names of the loops that missed their period, sorted."""
+        """Names of the loops that missed their period and of failed checks' findings, sorted."""
         now = self._clock()
-        return sorted(name for name, loop in self._loops.items() if now - loop.last > loop.period)
+        out = [name for name, loop in self._loops.items() if now - loop.last > loop.period]
+        for check, problems in self._checks.items():
+            out += [f"{check}:{p}" for p in problems()]
+        return sorted(out)
 
     def check(self) -> bool:
         """Send ``WATCHDOG=1`` when every loop is fresh; return whether all were fresh."""

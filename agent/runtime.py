@@ -1,21 +1,34 @@
-"""The running agent: wires sources -> records -> outbox -> drain -> Data Cloud in one TaskGroup.
+"""The running agent: wires sources -> records -> outbox -> drain -> Data Cloud.
 
-Signals: SIGTERM/SIGINT stop the sources first, let an in-flight delivery finish within
-``STOP_DEADLINE_SECONDS``, close the outbox and return 0. SIGHUP reloads the config when it is
-valid and keeps the running one, loudly, when it is not. An ``OutboxFatalError`` (disk full,
-I/O error) ends the run with ``EXIT_FATAL`` so systemd restarts the service.
+Every long-lived component (each source, each drain lane, the clock hold-back, the systemd status
+publisher, the status server) runs under one :class:`~agent.supervise.Supervisor` inside the run's
+TaskGroup: an unexpected exception restarts that component with backoff and shows in health, and
+the others keep running. Only an ``OutboxFatalError`` (disk full, I/O error) ends the run, with
+``EXIT_FATAL``, so systemd restarts the service.
+
+Signals: SIGTERM/SIGINT stop the sources first (each gets ``SOURCE_STOP_SECONDS``), let an
+in-flight delivery finish within ``DRAIN_STOP_SECONDS``, close the outbox and return 0. A stop
+always completes: tasks that do not end when cancelled are cancelled again and then abandoned, and
+the ``run`` command arms a hard exit at ``STOP_DEADLINE_SECONDS`` (committed rows are safe in the
+WAL whatever happens after). SIGHUP reloads the config when it is valid (``RELOADING=1`` then
+``READY=1`` to systemd: same process, new sources and drain) and keeps the running one, loudly,
+when it is not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import aiohttp
 
@@ -25,18 +38,31 @@ from agent.clock import ClockGuard
 from agent.config import AgentConfig, load_config
 from agent.datacloud import BulkClient, Pacer, StreamingClient, TokenProvider, make_ssl_context
 from agent.drain import Drain
-from agent.errors import AgentError, ConfigError, OutboxFatalError, OutboxFullError, RecordError, SchemaError
+from agent.errors import AgentError, OutboxFatalError, OutboxFullError
 from agent.holdback import HoldBack
 from agent.metrics import AgentMetrics
 from agent.notify import Notifier, Watchdog, watchdog_interval
-from agent.outbox import Outbox, OutboxStats
+from agent.outbox import Outbox, OutboxStats, ReleaseResult
 from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
-from agent.sources import Source
-from agent.status import DeviceCheck, HealthInputs, HealthReport, StatusServer, evaluate_health
+from agent.sources import RejectedInput, Source, SupportsFeedHealth
+from agent.status import (
+    DeviceCheck,
+    FeedCheck,
+    HealthInputs,
+    HealthPolicy,
+    HealthReport,
+    StatusServer,
+    evaluate_health,
+)
+from agent.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
-STOP_DEADLINE_SECONDS = 10.0
+SOURCE_STOP_SECONDS: Final = 3.0      # a source's cancellation, then it is abandoned
+DRAIN_STOP_SECONDS: Final = 10.0      # an in-flight delivery may finish; its rows stay leased otherwise
+OTHERS_STOP_SECONDS: Final = 2.0
+# The whole stop, from SIGTERM to exit, under systemd's TimeoutStopSec=30 with room to spare.
+STOP_DEADLINE_SECONDS: Final = 20.0
 EXIT_OK = 0
 EXIT_FATAL = 70
 
@@ -45,6 +71,34 @@ SourceFactory = Callable[[AgentConfig], list[Source]]
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _hard_exit(seconds: float) -> None:
+    # Runs on a timer thread when a stop overran: every accepted reading is committed (WAL), so
+    # ending now loses nothing that was acknowledged; the next start releases the leases.
+    log.critical("agent: the stop did not finish within %.0fs; exiting now (committed readings are safe) hint=%s",
+                 seconds, "report it with the journal: some task did not end when cancelled")
+    logging.shutdown()
+    os._exit(EXIT_OK)
+
+
+async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], seconds: float) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``seconds``; re-cancel a task that swallowed it.
+
+    A library that catches CancelledError (seen with device drivers) must not hold up a stop.
+    """
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            log.warning("agent: %d task(s) did not stop when cancelled: %s", len(pending),
+                        ", ".join(sorted(t.get_name() for t in pending)))
+            return
+        _done, pending = await asyncio.wait(pending, timeout=min(left, 0.5))
 
 
 def build_sources(cfg: AgentConfig) -> list[Source]:
@@ -62,6 +116,27 @@ def build_sources(cfg: AgentConfig) -> list[Source]:
     return sources
 
 
+class RecentEvents:
+    """How many events happened within the last ``window_seconds`` (health's "recent" counts)."""
+
+    def __init__(self, window_seconds: float) -> None:
+        self._window_ms = int(window_seconds * 1000)
+        self._events: collections.deque[tuple[int, int]] = collections.deque()
+
+    def add(self, now_ms: int, n: int = 1) -> None:
+        if n > 0:
+            self._events.append((now_ms, n))
+            self._trim(now_ms)
+
+    def count(self, now_ms: int) -> int:
+        self._trim(now_ms)
+        return sum(n for _, n in self._events)
+
+    def _trim(self, now_ms: int) -> None:
+        while self._events and now_ms - self._events[0][0] > self._window_ms:
+            self._events.popleft()
+
+
 @dataclass(slots=True)
 class _Run:
     """Everything that lives for one configuration (a reload builds a new one)."""
@@ -74,12 +149,19 @@ class _Run:
     started_ms: int
     tokens: TokenProvider
     holdback: HoldBack                     # readings taken while the clock is unsynchronised
+    supervisor: Supervisor
     stats: OutboxStats | None = None       # cached for health(), which must not do I/O
     source_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class Agent:
-    """The agent process. ``run`` returns an exit code."""
+    """The agent process. ``run`` returns an exit code.
+
+    Args:
+        hard_exit_seconds: when set (the ``run`` command), a stop request arms a timer that ends the
+            process with exit 0 after this many seconds even if some task never finishes. Left
+            unset in-process (tests, the demo), where exiting the interpreter is not ours to do.
+    """
 
     def __init__(
         self,
@@ -90,6 +172,7 @@ class Agent:
         status_enabled: bool = True,
         clock: ClockGuard | None = None,
         now_ms: Callable[[], int] = wall_ms,
+        hard_exit_seconds: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = AgentMetrics()
@@ -97,6 +180,8 @@ class Agent:
         self._on_committed = on_committed
         self._status_enabled = status_enabled
         self._now_ms = now_ms
+        self._hard_exit_seconds = hard_exit_seconds
+        self._hard_exit: threading.Timer | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._run: _Run | None = None
@@ -104,22 +189,34 @@ class Agent:
         self.watchdog = Watchdog(self.notifier)
         self.clock = clock or ClockGuard(assume_synced=cfg.clock.assume_synced)
         self.ready = asyncio.Event()
+        self._reloads = 0
+        self._recent_dead = RecentEvents(HealthPolicy().recent_seconds)
+        self._recent_dropped = RecentEvents(HealthPolicy().recent_seconds)
 
     # -- control ------------------------------------------------------------------------------------
     def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("agent: stop requested; stopping within %.0fs", STOP_DEADLINE_SECONDS)
+            self._arm_hard_exit()
         self._stop.set()
 
     def request_reload(self) -> None:
         self._reload.set()
+
+    def _arm_hard_exit(self) -> None:
+        if self._hard_exit_seconds is None or self._hard_exit is not None:
+            return
+        timer = threading.Timer(self._hard_exit_seconds, _hard_exit, args=(self._hard_exit_seconds,))
+        timer.daemon = True
+        timer.start()
+        self._hard_exit = timer
 
     async def stop_sources(self) -> None:
         """Stop reading devices (the drain goes on): the first step of a stop, and the demo's last phase."""
         run = self._run
         if run is None:
             return
-        for task in run.source_tasks:
-            task.cancel()
-        await asyncio.gather(*run.source_tasks, return_exceptions=True)
+        await _cancel_and_wait(run.source_tasks, SOURCE_STOP_SECONDS)
 
     @property
     def drain(self) -> Drain | None:
@@ -128,6 +225,10 @@ class Agent:
     @property
     def outbox(self) -> Outbox | None:
         return self._run.outbox if self._run else None
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        return self._run.supervisor if self._run else None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -147,14 +248,17 @@ class Agent:
                 self.notifier.close()
             for exc in fatal:
                 log.critical("outbox: cannot commit, stopping so systemd restarts the agent: %s", exc)
+            if not fatal:
+                log.info("agent: stopped")
             return EXIT_FATAL if fatal else EXIT_OK
 
     def _try_reload(self) -> AgentConfig | None:
         try:
             new = load_config(self.cfg.source_file)
             load_schema(new.datacloud.schema_path, new.datacloud.object_name)
-        except (ConfigError, SchemaError) as exc:
-            log.error("reload: %s is not valid, keeping the running config: %s", self.cfg.source_file, exc)
+        except Exception as exc:  # any reloaded file: a bad one is refused, never fatal
+            log.error("reload: %s is not valid, keeping the running config: %s", self.cfg.source_file,
+                      exc if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}")
             return None
         log.info("reload: %s is valid, restarting sources and drain with it", self.cfg.source_file)
         return new
@@ -181,53 +285,59 @@ class Agent:
                           on_sent=self._count_sent, on_rejected=self._count_rejected,
                           beat=self.watchdog.beat)
             # Created before the sources start, so it sees an unsynchronised clock before any reading.
-            holdback = HoldBack(outbox, self.clock, builder,
-                                on_released=lambda r: drain.notify_appended(r.restamped, r.restamped_bytes))
-            run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens, holdback)
+            holdback = HoldBack(outbox, self.clock, builder, on_released=partial(self._released, drain))
+            supervisor = Supervisor(fatal=(OutboxFatalError,),
+                                    on_restart=lambda name: self.metrics.restarts_total.inc(component=name))
+            run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens, holdback,
+                       supervisor)
+            for src in run.sources:
+                if isinstance(src, SupportsFeedHealth):
+                    src.on_outcome = self._count_input
             self._run = run
             if self._status_enabled:
+                # Entered here, not supervised: a socket in use or a bad listener fails the start with the
+                # config's own error. Each request runs in its own guard (agent/status.py).
                 await stack.enter_async_context(
                     StatusServer(self, socket_path=cfg.status.socket_path, listen=cfg.status.listen,
-                                 token_file=cfg.status.token_file))
+                                 token_file=cfg.status.token_file,
+                                 on_error=lambda reason: self.metrics.errors_total.inc(stage="status")))
             try:
                 return await self._supervise(run)
             finally:
                 self._run = None
 
     async def _supervise(self, run: _Run) -> bool:
+        sup = run.supervisor
         async with asyncio.TaskGroup() as tg:
             for src in run.sources:
-                run.source_tasks.append(tg.create_task(src.run(self._emit), name=f"agent[{src.name}]"))
+                run.source_tasks.append(sup.start(tg, src.name, partial(src.run, self._emit, self._reject_input)))
             # The drain beats from its loop (also while idle); a hung event loop stops the beats and
             # systemd's watchdog restarts us. Sources do not beat: a dead inverter is not a hang.
             self.watchdog.register("drain")
-            drain_task = tg.create_task(run.drain.run(), name="agent[drain]")
-            status_task = tg.create_task(self._publish_status(run), name="agent[notify]")
-            holdback_task = tg.create_task(run.holdback.run(), name="agent[clock.holdback]")
+            self.watchdog.add_check("supervisor", lambda: [c.name for c in sup.gave_up()])
+            drain_tasks = [sup.start(tg, "drain.stream", run.drain.stream_loop)]
+            if run.drain.bulk is not None:
+                drain_tasks.append(sup.start(tg, "drain.bulk", run.drain.bulk_loop))
+            others = [sup.start(tg, "notify", partial(self._publish_status, run)),
+                      sup.start(tg, "clock.holdback", run.holdback.run)]
             interval = watchdog_interval()
             if interval is not None:
-                wd_task = tg.create_task(self.watchdog.run(interval / 2), name="agent[watchdog]")
-            else:
-                wd_task = None
+                others.append(tg.create_task(self.watchdog.run(interval / 2), name="agent[watchdog]"))
             self.notifier.ready()
             self.ready.set()
             log.info("agent: running site=%s sources=%d outbox=%s", run.cfg.site.id, len(run.sources),
                      run.cfg.outbox.path)
             reloaded = await self._wait_stop_or_reload()
-            self.notifier.stopping()
+            if not reloaded:
+                self.notifier.stopping()
             # Sources first: nothing new is read while the last deliveries finish.
             await self.stop_sources()
             run.drain.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(drain_task), STOP_DEADLINE_SECONDS)
-            except TimeoutError:
+            _done, pending = await asyncio.wait(drain_tasks, timeout=DRAIN_STOP_SECONDS)
+            if pending:
                 log.warning("agent: delivery still running after %.0fs; its rows stay in the outbox",
-                            STOP_DEADLINE_SECONDS)
-            drain_task.cancel()
-            status_task.cancel()
-            holdback_task.cancel()
-            if wd_task is not None:
-                wd_task.cancel()
+                            DRAIN_STOP_SECONDS)
+            await _cancel_and_wait([*drain_tasks, *others], OTHERS_STOP_SECONDS)
         self.ready.clear()
         return reloaded
 
@@ -241,23 +351,34 @@ class Agent:
             if self._stop.is_set():
                 return False
             self._reload.clear()
+            # systemd 252 knows RELOADING=1 ... READY=1; STOPPING=1 here made it stop the unit.
+            self.notifier.reloading()
             new = self._try_reload()
             if new is not None:
                 self.cfg = new
-                return True
+                self._reloads += 1
+                return True        # the next run sends READY=1 once it is up
+            self.notifier.ready()
 
     async def _publish_status(self, run: _Run) -> None:
         while True:
+            previous = run.stats
             stats = run.stats = await run.outbox.stats()
+            if previous is not None and stats.dropped_total > previous.dropped_total:
+                # Drops of queued or held rows to make room (drop_oldest): health shows them for a while.
+                self._recent_dropped.add(self._now_ms(), stats.dropped_total - previous.dropped_total)
             self.metrics.outbox_events.set(stats.rows)
             self.metrics.dead_letters.set(stats.dead_letters)
+            self.metrics.held_events.set(stats.held)
+            self.metrics.rejected_inputs.set(stats.rejected_inputs)
             if stats.oldest_enqueued_ms is not None:
                 age_s = (self._now_ms() - stats.oldest_enqueued_ms) / 1000
                 self.metrics.oldest_undelivered_seconds.set(max(0.0, age_s))
             else:
                 self.metrics.oldest_undelivered_seconds.set(0)
             self.metrics.outbox_bytes.set(stats.bytes)
-            self.notifier.status(f"backlog={stats.rows} lane={run.drain.lane} dead_letters={stats.dead_letters}")
+            self.notifier.status(f"backlog={stats.rows} held={stats.held} lane={run.drain.lane} "
+                                 f"dead_letters={stats.dead_letters}")
             await asyncio.sleep(5.0)
 
     # -- the emit path ------------------------------------------------------------------------------
@@ -272,26 +393,23 @@ class Agent:
             # and re-stamped once the clock syncs; never sent with a wrong time.
             readings, held = await run.holdback.admit(readings)
         except OutboxFullError as exc:
-            self.metrics.events_discarded_total.inc(len(readings), reason="outbox_full")
-            log.error("outbox: full, %d new readings refused (when_full=%s): %s", len(readings),
-                      run.cfg.outbox.when_full, exc)
+            self._refused_full(run, len(readings), exc)
             return
         if held:
             self.metrics.received_events_total.inc(held, source=source)
         for reading in readings:
             try:
                 encoded.append(run.builder.encode(reading))
-            except RecordError as exc:
+            except Exception as exc:  # one bad reading (RecordError, or a value no encoder foresaw) stays alone
                 self.metrics.events_discarded_total.inc(reason="bad_record")
-                log.warning("record: dropped a reading of device=%s: %s", reading.device_id, exc)
+                log.warning("record: dropped a reading of device=%s: %s", reading.device_id,
+                            exc if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}")
         if not encoded:
             return
         try:
             result = await run.outbox.append(encoded)
         except OutboxFullError as exc:
-            self.metrics.events_discarded_total.inc(len(encoded), reason="outbox_full")
-            log.error("outbox: full, %d new readings refused (when_full=%s): %s", len(encoded),
-                      run.cfg.outbox.when_full, exc)
+            self._refused_full(run, len(encoded), exc)
             return
         self.metrics.received_events_total.inc(result.appended, source=source)
         if result.dropped:
@@ -300,11 +418,32 @@ class Agent:
         if self._on_committed is not None:
             self._on_committed(encoded)
 
+    def _released(self, drain: Drain, result: ReleaseResult) -> None:
+        drain.notify_appended(result.restamped, result.restamped_bytes)
+        if result.lost:
+            self._recent_dead.add(self._now_ms(), result.lost)
+
+    def _refused_full(self, run: _Run, n: int, exc: OutboxFullError) -> None:
+        self.metrics.events_discarded_total.inc(n, reason="outbox_full")
+        self._recent_dropped.add(self._now_ms(), n)
+        log.error("outbox: full, %d new readings refused (when_full=%s): %s", n, run.cfg.outbox.when_full, exc)
+
+    async def _reject_input(self, item: RejectedInput) -> None:
+        """A source's input that cannot become readings: recorded durably before the source acks it."""
+        run = self._run
+        if run is None:
+            raise asyncio.CancelledError
+        await run.outbox.record_rejected(item)
+
+    def _count_input(self, source: str, outcome: str) -> None:
+        self.metrics.source_inputs_total.inc(source=source, outcome=outcome)
+
     def _count_sent(self, lane: str, n: int) -> None:
         self.metrics.sent_events_total.inc(n, lane=lane)
 
     def _count_rejected(self, reasons: dict[str, str]) -> None:
         self.metrics.events_discarded_total.inc(len(reasons), reason="dead_letter")
+        self._recent_dead.add(self._now_ms(), len(reasons))
 
     # -- SupportsControl (operator actions over the status socket) ---------------------------------
     async def flush_now(self, *, bulk: bool = False, wait_seconds: float = 10.0) -> dict[str, Any]:
@@ -339,7 +478,7 @@ class Agent:
             "rows_before": before.rows, "rows_after": after.rows, "leased_before": before.leased,
             "streamed": stream.sent_total - marks[1], "stream_requests": stream.requests_total - marks[0],
             "bulk_jobs": bulk_st.jobs_total - marks[2], "bulk_sent": bulk_st.sent_total - marks[3],
-            "bulk_requested": bulk, "lane": drain.lane, "dead_letters": after.dead_letters,
+            "bulk_requested": bulk, "lane": drain.lane, "dead_letters": after.dead_letters, "held": after.held,
             "last_error": stream.last_error or bulk_st.last_error,
             "retry_in_s": None if not stream.retry_at_ms else max(0.0, round((stream.retry_at_ms - now) / 1000, 1)),
             "timed_out": timed_out,
@@ -363,15 +502,24 @@ class Agent:
             return {"running": False}
         stats = await run.outbox.stats()
         now = self._now_ms()
-        devices = [
-            {"device": h.device, "source": h.source, "state": h.state, "readings": h.readings_total,
-             "errors": dict(h.errors), "last_reading_age_s": None if h.last_reading_ms is None
-             else round((now - h.last_reading_ms) / 1000, 1), "last_error": h.last_error}
-            for src in run.sources for h in src.health()
-        ]
+
         def age_s(ms: int | None) -> float | None:
             return None if ms is None else round((now - ms) / 1000, 1)
 
+        devices = [
+            {"device": h.device, "source": h.source, "state": h.state, "readings": h.readings_total,
+             "errors": dict(h.errors), "last_reading_age_s": age_s(h.last_reading_ms), "last_error": h.last_error}
+            for src in run.sources for h in src.health()
+        ]
+        feeds = []
+        for src in run.sources:
+            if isinstance(src, SupportsFeedHealth):
+                f = src.feed_health()
+                feeds.append({"feed": f.source, "url": f.url, "connected": f.connected,
+                              "last_connect_error": f.last_connect_error, "messages": f.received_total,
+                              "outcomes": f.outcomes, "last_message_age_s": age_s(f.last_message_ms),
+                              "last_reading_age_s": age_s(f.last_reading_ms),
+                              "example_topic": f.example_topic, "example_reason": f.example_reason})
         lanes = {}
         for st in (run.drain.stream_state, run.drain.bulk_state):
             lanes[st.name] = {
@@ -388,14 +536,16 @@ class Agent:
             "uptime_s": round((now - run.started_ms) / 1000, 1),
             "lane": run.drain.lane,
             "devices": devices,
+            "feeds": feeds,
             "lanes": lanes,
+            "components": {c.name: c.to_json() for c in run.supervisor.components()},
             "clock": self.clock.describe(),
             "outbox": {
                 "path": str(run.cfg.outbox.path), "rows": stats.rows, "bytes": stats.bytes, "leased": stats.leased,
                 "oldest_age_s": None if stats.oldest_enqueued_ms is None
                 else round((now - stats.oldest_enqueued_ms) / 1000, 1),
                 "dead_letters": stats.dead_letters, "dropped_total": stats.dropped_total,
-                "held": stats.held,
+                "held": stats.held, "rejected_inputs": stats.rejected_inputs,
                 "file_bytes": stats.file_bytes, "max_bytes": run.cfg.outbox.max_bytes,
             },
         }
@@ -405,20 +555,38 @@ class Agent:
         if run is None:
             return HealthReport(False, ["agent is starting or stopping"])
         stats = run.stats
+        now = self._now_ms()
         devices = []
         intervals = {f"modbus:{b.name}": b.poll_interval_seconds for b in run.cfg.modbus}
+        feeds = []
         for src in run.sources:
             for h in src.health():
-                devices.append(DeviceCheck(h.device, intervals.get(src.name), h.last_reading_ms))
+                devices.append(DeviceCheck(h.device, intervals.get(src.name), h.last_reading_ms, h.state,
+                                           h.last_error, h.consecutive_failures))
+            if isinstance(src, SupportsFeedHealth):
+                f = src.feed_health()
+                feeds.append(FeedCheck(f.source, f.connected, f.ever_connected, f.last_connect_error,
+                                       f.last_message_ms, f.last_reading_ms, f.example_topic, f.example_reason))
         auth_failing = run.drain.stream_state.last_error.startswith("AuthError")
+        sup = run.supervisor
         return evaluate_health(HealthInputs(
-            now_ms=self._now_ms(), started_ms=run.started_ms, devices=devices,
+            now_ms=now, started_ms=run.started_ms, devices=devices,
             oldest_undelivered_ms=stats.oldest_enqueued_ms if stats else None,
             auth_ok=False if auth_failing else None,
             auth_error=run.drain.stream_state.last_error if auth_failing else "",
             outbox_bytes=stats.bytes if stats else 0, outbox_max_bytes=run.cfg.outbox.max_bytes,
-            clock_synced=self.clock.synced(),
+            clock_synced=self.clock.synced(), feeds=feeds,
+            components_restarting=[(c.name, c.last_error) for c in sup.degraded(now)],
+            components_failed=[(c.name, c.last_error) for c in sup.gave_up()],
+            dead_letters_recent=self._recent_dead.count(now), dropped_recent=self._recent_dropped.count(now),
+            held=stats.held if stats else 0,
         ))
 
     def metrics_text(self) -> str:
+        run = self._run
+        if run is not None:
+            for src in run.sources:
+                for h in src.health():
+                    for kind, n in h.errors.items():
+                        self.metrics.device_errors_total.sync(n, device=h.device, kind=kind)
         return self.metrics.render()

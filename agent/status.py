@@ -40,6 +40,7 @@ from agent.metrics import CONTENT_TYPE
 __all__ = [
     "REASON_CODES",
     "DeviceCheck",
+    "FeedCheck",
     "HealthInputs",
     "HealthPolicy",
     "HealthReport",
@@ -62,13 +63,24 @@ _CONFIG = "site config"  # the server does not know the file name; the loader's 
 
 @dataclass(frozen=True, slots=True)
 class HealthReport:
-    """``ok`` is False when at least one reason is given. Reasons start with a stable code."""
+    """``ok`` is False when at least one reason is given. Reasons start with a stable code.
+
+    ``level`` is ``ok``, ``degraded`` (the agent works, something needs a look) or ``failed``
+    (something needs a technician before it can work again: see ``FAILED_CODES``).
+    """
 
     ok: bool
     reasons: list[str] = field(default_factory=list)
 
+    @property
+    def level(self) -> str:
+        if self.ok:
+            return "ok"
+        failed = any(r.split(":", 1)[0] in FAILED_CODES for r in self.reasons)
+        return "failed" if failed else "degraded"
+
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "reasons": list(self.reasons)}
+        return {"ok": self.ok, "level": self.level, "reasons": list(self.reasons)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,24 +88,55 @@ class HealthPolicy:
     """Thresholds of :func:`evaluate_health`.
 
     Args:
-        silent_polls: a device is silent after this many expected intervals without a reading.
+        silent_polls: a polled device is silent after this many expected intervals without a reading.
+        unreachable_failures: consecutive failed reads before a device counts as unreachable (one
+            timeout at dusk is not worth a technician's look).
+        push_silent_seconds: a pushing (MQTT) device that gave readings before is silent after this long.
         max_undelivered_seconds: the oldest undelivered reading may be this old (an outage the
             bulk lane will backfill is still worth a look after an hour).
         outbox_full_ratio: warn before the byte cap makes the full-outbox policy drop readings.
+        connect_grace_seconds: a feed may take this long to connect after the start.
+        feed_no_reading_seconds: a feed that receives messages but has given no reading for this
+            long is configured wrong (profile, topics): say so with an example topic.
+        recent_seconds: the window of "recent" dead letters and dropped readings.
+        dead_letters_recent: this many dead letters within the window make health degraded.
     """
 
     silent_polls: int = 3
+    unreachable_failures: int = 3
+    push_silent_seconds: float = 600.0
     max_undelivered_seconds: float = 3600.0
     outbox_full_ratio: float = 0.9
+    connect_grace_seconds: float = 30.0
+    feed_no_reading_seconds: float = 180.0
+    recent_seconds: float = 900.0
+    dead_letters_recent: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceCheck:
-    """One device as health sees it. ``expected_interval_seconds`` None: not checked (push feeds)."""
+    """One device as health sees it. ``expected_interval_seconds`` None: a push device (MQTT)."""
 
     name: str
     expected_interval_seconds: float | None
     last_reading_ms: int | None = None
+    state: str = "ok"                 # ok | backoff | down | unknown (the source's breaker)
+    last_error: str = ""
+    failures: int = 0                 # consecutive failed reads
+
+
+@dataclass(frozen=True, slots=True)
+class FeedCheck:
+    """One MQTT feed (broker connection) as health sees it."""
+
+    name: str
+    connected: bool
+    ever_connected: bool
+    last_connect_error: str = ""
+    last_message_ms: int | None = None
+    last_reading_ms: int | None = None
+    example_topic: str = ""           # the last topic that gave no reading
+    example_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,33 +152,96 @@ class HealthInputs:
     outbox_bytes: int = 0
     outbox_max_bytes: int = 0                    # 0: no cap
     clock_synced: bool = True
+    feeds: Sequence[FeedCheck] = ()
+    components_restarting: Sequence[tuple[str, str]] = ()   # (name, last error): restarting or just restarted
+    components_failed: Sequence[tuple[str, str]] = ()       # (name, last error): the supervisor gave up
+    dead_letters_recent: int = 0                 # records moved to dead letters within recent_seconds
+    dropped_recent: int = 0                      # readings dropped or refused by a full outbox, same window
+    held: int = 0                                # readings held until the clock syncs
 
 
 # Stable reason codes; the README (operations guide) explains each one to the technician.
 DEVICE_SILENT = "device_silent"
+DEVICE_UNREACHABLE = "device_unreachable"
 DELIVERY_LAGGING = "delivery_lagging"
 AUTH_FAILING = "auth_failing"
 OUTBOX_NEARLY_FULL = "outbox_nearly_full"
 CLOCK_UNSYNCED = "clock_unsynced"
-REASON_CODES = (DEVICE_SILENT, DELIVERY_LAGGING, AUTH_FAILING, OUTBOX_NEARLY_FULL, CLOCK_UNSYNCED)
+BROKER_DISCONNECTED = "broker_disconnected"
+FEED_NO_READINGS = "feed_no_readings"
+DEAD_LETTERS_RECENT = "dead_letters_recent"
+READINGS_DROPPED = "readings_dropped"
+COMPONENT_RESTARTING = "component_restarting"
+COMPONENT_FAILED = "component_failed"
+REASON_CODES = (DEVICE_SILENT, DEVICE_UNREACHABLE, DELIVERY_LAGGING, AUTH_FAILING, OUTBOX_NEARLY_FULL,
+                CLOCK_UNSYNCED, BROKER_DISCONNECTED, FEED_NO_READINGS, DEAD_LETTERS_RECENT, READINGS_DROPPED,
+                COMPONENT_RESTARTING, COMPONENT_FAILED)
+# Reasons that need a technician before the agent can do its work again.
+FAILED_CODES = frozenset({AUTH_FAILING, COMPONENT_FAILED})
+
+_FEED_HINTS = {
+    "unrecognised_topic": "the profile does not know these topics: check profile= and topics= of this feed",
+    "malformed": "the payloads do not match the profile: see `solar-agent outbox rejected`",
+    "decode_error": "the decoder fails on these payloads: see `solar-agent outbox rejected` and report it",
+    "stale": "only old (retained) values arrive: is the device publishing, is its clock right?",
+    "ignored": "only non-reading topics arrive (names, status): check topics= of this feed",
+}
 
 
-def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy()) -> HealthReport:
-    """The health verdict, one ``code: detail`` reason per problem, in a stable order."""
+def _ago(now: int, ms: int | None) -> str:
+    return "never" if ms is None else f"{(now - ms) / 1000:.0f}s ago"
+
+
+def _device_reasons(inputs: HealthInputs, policy: HealthPolicy) -> list[str]:
     reasons: list[str] = []
     now = inputs.now_ms
     for dev in inputs.devices:
+        if dev.state in ("backoff", "down") and dev.failures >= policy.unreachable_failures:
+            reasons.append(f"{DEVICE_UNREACHABLE}: device={dev.name} state={dev.state} "
+                           f"last_reading={_ago(now, dev.last_reading_ms)} error={dev.last_error or '-'}")
+            continue
         if dev.expected_interval_seconds is None:
+            # A push device sets its own pace: silent only after it spoke and then stopped for long.
+            if dev.last_reading_ms is not None and now - dev.last_reading_ms > policy.push_silent_seconds * 1000:
+                reasons.append(f"{DEVICE_SILENT}: device={dev.name} last_reading={_ago(now, dev.last_reading_ms)} "
+                               f"limit={policy.push_silent_seconds:g}s")
             continue
         allowed_ms = policy.silent_polls * dev.expected_interval_seconds * 1000
         # Never read since the start: count from the start, so a fresh agent gets its grace period.
         since = dev.last_reading_ms if dev.last_reading_ms is not None else inputs.started_ms
         if now - since > allowed_ms:
-            last = "never"
-            if dev.last_reading_ms is not None:
-                last = f"{(now - dev.last_reading_ms) / 1000:.0f}s ago"
-            reasons.append(f"{DEVICE_SILENT}: device={dev.name} last_reading={last} "
+            reasons.append(f"{DEVICE_SILENT}: device={dev.name} last_reading={_ago(now, dev.last_reading_ms)} "
                            f"expected_every={dev.expected_interval_seconds:g}s")
+    return reasons
+
+
+def _feed_reasons(inputs: HealthInputs, policy: HealthPolicy) -> list[str]:
+    reasons: list[str] = []
+    now = inputs.now_ms
+    for feed in inputs.feeds:
+        if not feed.connected and now - inputs.started_ms > policy.connect_grace_seconds * 1000:
+            state = "lost" if feed.ever_connected else "never connected"
+            reasons.append(f"{BROKER_DISCONNECTED}: feed={feed.name} {state} error={feed.last_connect_error or '-'}")
+            continue
+        window = policy.feed_no_reading_seconds * 1000
+        # Messages keep coming (one within the window) but none gave a reading for the whole window.
+        receiving = feed.last_message_ms is not None and now - feed.last_message_ms <= window
+        since = feed.last_reading_ms if feed.last_reading_ms is not None else inputs.started_ms
+        if receiving and now - since > window:
+            hint = _FEED_HINTS.get(feed.example_reason, "check the feed's profile and topics")
+            reasons.append(f"{FEED_NO_READINGS}: feed={feed.name} last_reading={_ago(now, feed.last_reading_ms)} "
+                           f"example_topic={feed.example_topic} why={feed.example_reason} hint={hint}")
+    return reasons
+
+
+def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy()) -> HealthReport:
+    """The health verdict, one ``code: detail`` reason per problem, in a stable order."""
+    now = inputs.now_ms
+    reasons = [f"{COMPONENT_FAILED}: component={name} error={err or '-'}" for name, err in inputs.components_failed]
+    reasons += [f"{COMPONENT_RESTARTING}: component={name} error={err or '-'}"
+                for name, err in inputs.components_restarting]
+    reasons += _device_reasons(inputs, policy)
+    reasons += _feed_reasons(inputs, policy)
     if inputs.oldest_undelivered_ms is not None:
         age = (now - inputs.oldest_undelivered_ms) / 1000
         if age > policy.max_undelivered_seconds:
@@ -144,13 +250,20 @@ def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy())
     if inputs.auth_ok is False:
         detail = f" error={inputs.auth_error}" if inputs.auth_error else ""
         reasons.append(f"{AUTH_FAILING}:{detail or ' token request refused'}")
+    if inputs.dead_letters_recent >= policy.dead_letters_recent > 0:
+        reasons.append(f"{DEAD_LETTERS_RECENT}: count={inputs.dead_letters_recent} "
+                       f"within={policy.recent_seconds:g}s hint=solar-agent outbox dead-letters")
+    if inputs.dropped_recent > 0:
+        reasons.append(f"{READINGS_DROPPED}: count={inputs.dropped_recent} within={policy.recent_seconds:g}s "
+                       "hint=the outbox is full (cap or free-space floor): restore the link, free disk space "
+                       "or raise outbox.max_bytes")
     if inputs.outbox_max_bytes > 0:
         ratio = inputs.outbox_bytes / inputs.outbox_max_bytes
         if ratio > policy.outbox_full_ratio:
             reasons.append(f"{OUTBOX_NEARLY_FULL}: used={ratio:.0%} bytes={inputs.outbox_bytes} "
                            f"max_bytes={inputs.outbox_max_bytes}")
     if not inputs.clock_synced:
-        reasons.append(f"{CLOCK_UNSYNCED}: readings are held with provisional times")
+        reasons.append(f"{CLOCK_UNSYNCED}: readings are held with provisional times held={inputs.held}")
     return HealthReport(not reasons, reasons)
 
 
@@ -193,6 +306,35 @@ class SupportsControl(Protocol):
 # -- the server ---------------------------------------------------------------------------------------
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _guard_middleware(on_error: Callable[[str], None] | None) -> Callable[[web.Request, _Handler],
+                                                                         Awaitable[web.StreamResponse]]:
+    """Each request in its own guard: an exception answers that request with a 500 and nothing else.
+
+    One log line per minute at most (the traceback only at debug level), counted per reason.
+    """
+    last_logged = [0.0]
+
+    @web.middleware
+    async def guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise                      # aiohttp's own answers (404, 405): not a failure
+        except Exception as exc:
+            reason = type(exc).__name__
+            if on_error is not None:
+                on_error(reason)
+            now = asyncio.get_running_loop().time()
+            if now - last_logged[0] >= 60.0:
+                last_logged[0] = now
+                log.error("status: request %s %s failed: %s: %.300s hint=%s", request.method, request.path,
+                          reason, exc, "the agent keeps running; run with -v for the traceback")
+            log.debug("status request traceback", exc_info=exc)
+            return web.json_response({"error": f"{reason}: {exc}"[:300]}, status=500)
+
+    return guard
 
 
 def _routes(provider: StatusProvider) -> list[web.RouteDef]:
@@ -321,6 +463,7 @@ class StatusServer:
         socket_path: the unix socket (None: no unix listener).
         listen: ``host:port`` for TCP, empty for none; port 0 picks a free port (see ``tcp_port``).
         token_file: the bearer token TCP clients must send; required when ``listen`` is set.
+        on_error: called with the exception's class name when a request fails (a metrics counter).
 
     Raises ``ConfigError`` on entry when the TCP listener has no usable token, the address is
     malformed or taken, or the socket path is in use.
@@ -333,6 +476,7 @@ class StatusServer:
         socket_path: Path | None,
         listen: str = "",
         token_file: Path | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         if socket_path is None and not listen:
             raise ConfigError(_CONFIG, "status", "neither socket_path nor listen is set",
@@ -344,6 +488,7 @@ class StatusServer:
         self._runners: list[web.AppRunner] = []
         self._bound_socket: Path | None = None
         self.tcp_port: int | None = None
+        self._on_error = on_error
 
     async def __aenter__(self) -> StatusServer:
         try:
@@ -372,14 +517,14 @@ class StatusServer:
             if isinstance(self._provider, SupportsControl):
                 # Unix socket only: its file mode is the access control for changing the queue.
                 unix_routes += _control_routes(self._provider)
-            runner = await self._runner(unix_routes, [])
+            runner = await self._runner(unix_routes, [_guard_middleware(self._on_error)])
             await web.UnixSite(runner, str(path)).start()
             self._bound_socket = path
             await asyncio.to_thread(os.chmod, path, SOCKET_MODE)
             log.info("status listening socket=%s", path)
         if tcp is not None:
             host, port, token = tcp
-            runner = await self._runner(routes, [_bearer_middleware(token)])
+            runner = await self._runner(routes, [_bearer_middleware(token), _guard_middleware(self._on_error)])
             site = web.TCPSite(runner, host, port)
             try:
                 await site.start()

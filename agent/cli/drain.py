@@ -62,8 +62,14 @@ def _main(args: argparse.Namespace) -> int:
 def report(r: dict[str, Any]) -> int:
     """Print the agent's answer; the exit code says whether the attempt went through."""
     before, after = r.get("rows_before", 0), r.get("rows_after", 0)
+    held = r.get("held", 0)
     if before == 0:
-        print("drain: the outbox was empty, nothing to deliver")
+        if held:
+            print(f"drain: nothing to deliver yet: {held} reading(s) are held until the clock synchronises "
+                  "(then they are re-stamped, queued and delivered)")
+            print("Try: timedatectl timesync-status (NTP needs UDP 123)")
+        else:
+            print("drain: the outbox was empty, nothing to deliver")
         return EXIT_OK
     print(f"drain: outbox {before} -> {after} rows; streamed {r.get('streamed', 0)} rows in "
           f"{r.get('stream_requests', 0)} request(s); bulk {r.get('bulk_sent', 0)} rows in "
@@ -80,6 +86,8 @@ def report(r: dict[str, Any]) -> int:
     if r.get("timed_out"):
         print("drain: still delivering in the background (the backlog is large); watch it with "
               "`solar-agent status`")
+    if held:
+        print(f"note: {held} reading(s) held until the clock synchronises; they are delivered after")
     if r.get("dead_letters"):
         print(f"note: {r['dead_letters']} dead letter(s) in the outbox; see `solar-agent outbox dead-letters`")
     return EXIT_OK

@@ -27,11 +27,13 @@ NOT_RUNNING_HINT = "systemctl status solar-agent; journalctl -u solar-agent -n 5
 _DESCRIPTION = f"""\
 Show what the running agent is doing, read over its status socket:
 
-  health   OK, or DEGRADED with the reasons (the README explains each one)
-  devices  state, age of the last reading, errors by kind (timeout, crc, exception, ...)
-  lanes    stream and bulk: rows sent, last success, next retry, last error
-  outbox   rows and bytes waiting, age of the oldest, dead letters, rows dropped when full
-  clock    synchronised or not (readings are held with provisional times until it is)
+  health      OK, DEGRADED or FAILED with the reasons (the README explains each one)
+  devices     state, age of the last reading, errors by kind (timeout, crc, exception, ...)
+  feeds       MQTT brokers: connected, messages, and why messages gave no reading
+  lanes       stream and bulk: rows sent, last success, next retry, last error
+  components  only when one failed: restarts and its last error
+  outbox      rows waiting, held for the clock, age of the oldest, dead letters, rejected inputs, drops
+  clock       synchronised or not (readings are held with provisional times until it is)
 
 When the agent is not running, the outbox file is read read-only instead: the backlog is shown,
 nothing is changed, and the exit code is 3.
@@ -113,7 +115,10 @@ def _agent_down(cfg: AgentConfig | None, socket_path: Path, *, as_json: bool) ->
             lines.append(f"outbox   {path} (read-only)")
             lines.append(f"  backlog      {stats.rows} rows, {human_bytes(stats.bytes)} waiting"
                          f"{'' if age is None else f', oldest {human_age(age)} old'}")
-            lines.append(f"  dead letters {stats.dead_letters}   dropped when full {stats.dropped_total}")
+            if stats.held:
+                lines.append(f"  held         {stats.held} readings waiting for the clock to synchronise")
+            lines.append(f"  dead letters {stats.dead_letters}   rejected inputs {stats.rejected_inputs}   "
+                         f"dropped when full {stats.dropped_total}")
             lines.append("  Nothing is lost: the agent delivers this backlog when it starts again.")
     if as_json:
         print(json.dumps(doc, indent=2, default=str))
@@ -166,7 +171,8 @@ def render_status(status: dict[str, Any]) -> str:
     if health.get("ok", not reasons):
         lines.append("health   OK")
     else:
-        lines.append(f"health   DEGRADED ({len(reasons)} reason{'s' if len(reasons) != 1 else ''})")
+        level = str(health.get("level") or "degraded").upper()
+        lines.append(f"health   {level} ({len(reasons)} reason{'s' if len(reasons) != 1 else ''})")
         lines += [f"  - {r}" for r in reasons]
     lines.append(f"agent    {status.get('version', '?')}  site {status.get('site', '?')}  "
                  f"up {human_age(status.get('uptime_s'))}  lane {status.get('lane', '?')}")
@@ -185,6 +191,23 @@ def render_status(status: dict[str, Any]) -> str:
                 lines.append(f"  {d.get('device')}: last error: {d['last_error']}")
     else:
         lines.append("  none configured")
+    feeds = status.get("feeds") or []
+    if feeds:
+        lines.append("")
+        lines.append(f"feeds    ({len(feeds)})")
+        rows = []
+        for f in feeds:
+            outcomes = f.get("outcomes") or {}
+            other = ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items()) if k != "reading" and v) or "-"
+            rows.append([str(f.get("feed", "?")), "yes" if f.get("connected") else "NO",
+                         str(f.get("messages", 0)), str(outcomes.get("reading", 0)),
+                         human_age(f.get("last_reading_age_s")), other])
+        lines += _table(["FEED", "CONNECTED", "MESSAGES", "READINGS", "LAST READING", "NO READING"], rows)
+        for f in feeds:
+            if not f.get("connected") and f.get("last_connect_error"):
+                lines.append(f"  {f.get('feed')}: {f['last_connect_error']}")
+            if f.get("example_topic"):
+                lines.append(f"  {f.get('feed')}: e.g. {f['example_topic']} -> {f.get('example_reason')}")
     lanes = status.get("lanes") or {}
     lines.append("")
     lines.append("lanes")
@@ -195,6 +218,14 @@ def render_status(status: dict[str, Any]) -> str:
                      "-" if retry is None else human_age(retry), str(lane.get("consecutive_failures", 0)),
                      lane.get("last_error") or "-"])
     lines += _table(["LANE", "SENT", "LAST SUCCESS", "RETRY IN", "FAILURES", "LAST ERROR"], rows)
+    troubled = {n: c for n, c in (status.get("components") or {}).items()
+                if c.get("restarts") or c.get("state") in ("restarting", "failed")}
+    if troubled:
+        lines.append("")
+        lines.append("components")
+        lines += _table(["COMPONENT", "STATE", "RESTARTS", "LAST ERROR"],
+                        [[n, str(c.get("state")), str(c.get("restarts", 0)), str(c.get("last_error") or "-")]
+                         for n, c in troubled.items()])
     ob = status.get("outbox") or {}
     lines.append("")
     lines.append(f"outbox   {ob.get('path', '?')}")
@@ -202,10 +233,14 @@ def render_status(status: dict[str, Any]) -> str:
     used = f" ({100 * ob.get('bytes', 0) / cap:.0f}% of {human_bytes(cap)})" if cap else ""
     lines.append(f"  rows {ob.get('rows', 0)}  bytes {human_bytes(ob.get('bytes'))}{used}  "
                  f"leased {ob.get('leased', 0)}  oldest {human_age(ob.get('oldest_age_s')) if ob.get('rows') else '-'}")
-    lines.append(f"  dead letters {ob.get('dead_letters', 0)}  dropped when full {ob.get('dropped_total', 0)}  "
-                 f"file {human_bytes(ob.get('file_bytes'))}")
+    if ob.get("held"):
+        lines.append(f"  held {ob['held']} (readings waiting for the clock to synchronise, then queued)")
+    lines.append(f"  dead letters {ob.get('dead_letters', 0)}  rejected inputs {ob.get('rejected_inputs', 0)}  "
+                 f"dropped when full {ob.get('dropped_total', 0)}  file {human_bytes(ob.get('file_bytes'))}")
     if ob.get("dead_letters"):
         lines.append("  Try: solar-agent outbox dead-letters (why Data Cloud refused them)")
+    if ob.get("rejected_inputs"):
+        lines.append("  Try: solar-agent outbox rejected (messages that could not become readings)")
     clock = status.get("clock") or {}
     lines.append("")
     synced = clock.get("synced")

@@ -169,7 +169,8 @@ class Emulator:
         self._auth.audiences = tuple(a.rstrip("/") for a in (s.audiences or (self.url, *DEFAULT_LOGIN_AUDIENCES)))
         app = web.Application(middlewares=[self._middleware])
         self._add_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A test peer: handlers sleeping in injected latency must not hold up its teardown for 60 s.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=ssl_ctx).start()
         log.info("emulator listening url=%s source=%s object=%s", self.url, s.source_name, s.object_name)

@@ -1,8 +1,15 @@
 """Sources turn devices into readings. They know nothing of the outbox or Data Cloud.
 
-A source gets one callable, ``emit``: ``await emit(readings)`` returns only after the readings
-are committed to the outbox (or counted as bad input). Only then may a source acknowledge its
-peer (MQTT PUBACK). ``emit`` raises ``OutboxFatalError`` when the disk failed: let it propagate.
+A source gets two callables. ``await emit(readings)`` returns only after the readings are
+committed to the outbox (or counted as bad input). ``await reject(item)`` returns only after an
+input that cannot become readings (a poison MQTT message) is recorded durably in the outbox's
+``rejected_inputs`` table. Only after one of the two may a source acknowledge its peer (MQTT
+PUBACK), so a broker never loses a message and never redelivers a poison one in a loop. Both
+raise ``OutboxFatalError`` when the disk failed: let it propagate.
+
+Containment: a source handles each input (a message, a reply) in its own guard; an exception
+while handling one input rejects that input with a reason and the source goes on. An exception
+that escapes ``run`` anyway is the supervisor's (agent/supervise.py): it restarts the source.
 """
 
 from __future__ import annotations
@@ -12,9 +19,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from agent.records import Reading
+from agent.records import PAYLOAD_HEAD_BYTES, Reading, RejectedInput
 
 Emit = Callable[[Sequence[Reading]], Awaitable[None]]
+
+Reject = Callable[[RejectedInput], Awaitable[None]]
+
+__all__ = ["PAYLOAD_HEAD_BYTES", "DeviceHealth", "Emit", "FeedHealth", "Reject", "RejectedInput", "Source",
+           "SupportsFeedHealth"]
 
 
 @dataclass(slots=True)
@@ -31,12 +43,39 @@ class DeviceHealth:
     state: str = "unknown"            # ok | backoff | down | unknown
 
 
+@dataclass(slots=True)
+class FeedHealth:
+    """What status and health need to know about one MQTT feed as a whole."""
+
+    source: str
+    url: str
+    connected: bool
+    ever_connected: bool
+    last_connect_error: str
+    received_total: int
+    outcomes: dict[str, int]               # outcome -> messages
+    last_message_ms: int | None
+    last_reading_ms: int | None            # receive time of the last message that fed a reading
+    example_topic: str                     # the last topic that gave no reading, and why
+    example_reason: str
+
+
+@runtime_checkable
+class SupportsFeedHealth(Protocol):
+    """Optional capability of a push source (MQTT): health of the feed as a whole, and a hook the
+    agent sets to count every input by outcome (``reading`` or why no reading came of it)."""
+
+    on_outcome: Callable[[str, str], None] | None
+
+    def feed_health(self) -> FeedHealth: ...
+
+
 @runtime_checkable
 class Source(Protocol):
     """A running source. ``run`` returns only when cancelled; device errors never end it."""
 
     name: str
 
-    async def run(self, emit: Emit) -> None: ...
+    async def run(self, emit: Emit, reject: Reject | None = None) -> None: ...
 
     def health(self) -> Sequence[DeviceHealth]: ...

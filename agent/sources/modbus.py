@@ -13,8 +13,8 @@ and no automatic reconnect: retrying, backing off and reopening the port are dec
   backoff, then tried once (half-open). A dead inverter costs the others at most one timeout
   per backoff period.
 * Errors are counted per device by kind (``timeout``, ``crc``, ``exception``, ``not_sunspec``,
-  ``connection``) in ``DeviceHealth.errors`` and logged at most once a minute per device and kind,
-  with a hint.
+  ``connection``, ``decode``: a reply our decoder failed on, contained to that device) in
+  ``DeviceHealth.errors`` and logged at most once a minute per device and kind, with a hint.
 * A serial port that disappears (USB re-enumeration) or a dropped TCP connection is closed and
   reopened with capped backoff; the cached model chains are kept.
 """
@@ -34,7 +34,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from agent.config import ModbusBusConfig, ModbusDeviceConfig
 from agent.errors import DeviceProtocolError, SourceError
 from agent.records import Reading
-from agent.sources import DeviceHealth, Emit
+from agent.sources import DeviceHealth, Emit, Reject
 from agent.sources.sunspec import (
     BASE_CANDIDATES,
     END_MODEL_ID,
@@ -64,6 +64,8 @@ _HINTS = {
                    "settings or set base_address",
     "connection": "serial adapter gone or TCP peer unreachable: check the USB cable and the "
                   "/dev/serial/by-id path, or the host and port",
+    "decode": "the device's registers could not be decoded (a firmware with an unusual map?); it is "
+              "rediscovered on the next try. If it repeats, report it with `solar-agent support-bundle`",
 }
 
 
@@ -302,8 +304,12 @@ class ModbusSource:
 
     # ---- loop ---------------------------------------------------------------------------
 
-    async def run(self, emit: Emit) -> None:
-        """Poll until cancelled. Device errors are counted, never raised; ``emit`` errors propagate."""
+    async def run(self, emit: Emit, reject: Reject | None = None) -> None:
+        """Poll until cancelled. Device errors are counted, never raised; ``emit`` errors propagate.
+
+        ``reject`` is unused: a Modbus reply that cannot be decoded is a device error (counted
+        per device and kind), not an input to keep.
+        """
         interval = self.config.poll_interval_seconds
         bus_backoff = min(1.0, interval)
         next_cycle = time.monotonic()
@@ -342,6 +348,12 @@ class ModbusSource:
             except _PollError as exc:
                 self._failed(u, exc, time.monotonic())
                 continue
+            except Exception as exc:  # one device's odd reply must not stop the bus: contained per unit
+                log.debug("modbus unit=%d decode traceback", u.config.unit_id, exc_info=exc)
+                u.chain = None        # its map may have changed: rediscover it next time
+                self._failed(u, _PollError("decode", f"unit {u.config.unit_id}: {type(exc).__name__}: {exc}"),
+                             time.monotonic())
+                continue
             self._succeeded(u, got)
             readings += got
         return readings
@@ -349,8 +361,11 @@ class ModbusSource:
     def _bus_down(self, exc: _BusDown) -> None:
         self._close()
         for u in self._units:
+            # Every device behind a lost bus or TCP peer is unreachable: status must not say ok.
             u.health.errors["connection"] += 1
             u.health.last_error = f"connection: {exc.message}"
+            u.health.consecutive_failures += 1
+            u.health.state = "down"
         now = time.monotonic()
         if now - self._bus_logged >= _LOG_EVERY_SECONDS or not self._bus_logged:
             self._bus_logged = now

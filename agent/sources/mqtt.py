@@ -7,8 +7,16 @@ event loop (``call_soon_threadsafe`` into an ``asyncio.Queue``), and everything 
 Durability. The client uses ``manual_ack=True``, a fixed client id and a persistent session
 (MQTT 5: clean_start=False + session expiry; 3.1.1: clean_session=False). A message is acked
 only after the readings it contributed to were committed by ``await emit(...)``; a message that
-feeds no reading (names, status, malformed payloads) is acked once counted. If the process dies
-in between, the broker still holds the message unacked and redelivers it on the next connect.
+cannot become readings (a malformed payload, or one the decoder fails on) is acked only after
+``await reject(...)`` recorded it in the outbox, so a broker never redelivers a poison message in
+a loop; a message that feeds no reading on purpose (names, status) is acked once counted. If the
+process dies in between, the broker still holds the message unacked and redelivers it on the next
+connect.
+
+Containment. Each message is decoded inside its own guard: whatever the decoder raises rejects
+that message with a reason and the next one goes on. Every message is counted per outcome
+(``reading`` or why not: see ``NO_READING_REASONS``); ``feed_health`` tells status and health
+when the broker is down or when messages arrive but none has given a reading for a while.
 After a reconnect the decoder's held state is dropped and queued messages of the old connection
 are skipped without an ack, because the broker redelivers every unacked message.
 
@@ -18,11 +26,13 @@ Read-only. The only publish is the Victron ``R/<portal>/keepalive``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
+import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -35,9 +45,9 @@ from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig
 from agent.errors import ConfigError, PayloadError
-from agent.records import Reading
-from agent.sources import DeviceHealth, Emit
-from agent.sources.profiles import PROFILES, Decoder, victron
+from agent.records import PAYLOAD_HEAD_BYTES, Reading, RejectedInput
+from agent.sources import DeviceHealth, Emit, FeedHealth, Reject
+from agent.sources.profiles import MALFORMED, PROFILES, Decoder, victron
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,8 @@ SESSION_EXPIRY_SECONDS: Final = 7 * 24 * 3600   # a week-long outage of the agen
 RECEIVE_MAXIMUM: Final = 100                     # unacked QoS 1 messages the broker may have in flight
 TICK_SECONDS: Final = 1.0
 ERROR_LOG_INTERVAL_MS: Final = 60_000            # one malformed-payload line per device per minute
+READING = "reading"                              # the outcome of a message that fed a reading
+DECODE_ERROR = "decode_error"                    # the decoder failed on the message (a bug of ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,7 @@ class _Msg:
     payload: bytes
     qos: int
     mid: int
+    dup: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +127,11 @@ class MqttSource:
         self.protocol = protocol
         self.tick_seconds = tick_seconds
         self._health: dict[str, DeviceHealth] = {}
+        self._outcomes: dict[str, int] = {}
+        self._last_message_ms: int | None = None
+        self._last_reading_ms: int | None = None
+        self._example: tuple[str, str] = ("", "")
+        self._ever_connected = False
         self._last_log_ms: dict[str, int] = {}
         self._suppressed: dict[str, int] = {}
         self._thread_gen = 0          # written by the paho thread only
@@ -127,13 +145,25 @@ class MqttSource:
         self.malformed_total = 0
         self.acked_total = 0
         self.received_total = 0
+        # Called with (source, outcome) for every message: the agent's metrics counter.
+        self.on_outcome: Callable[[str, str], None] | None = None
 
     # -- Source protocol ----------------------------------------------------------------------
     def health(self) -> Sequence[DeviceHealth]:
         return list(self._health.values())
 
-    async def run(self, emit: Emit) -> None:
-        """Connect, subscribe, decode, commit, ack - until cancelled. Broker outages never end it."""
+    def feed_health(self) -> FeedHealth:
+        return FeedHealth(self.name, self.cfg.url, self.connected, self._ever_connected, self.last_connect_error,
+                          self.received_total, dict(self._outcomes), self._last_message_ms, self._last_reading_ms,
+                          *self._example)
+
+    async def run(self, emit: Emit, reject: Reject | None = None) -> None:
+        """Connect, subscribe, decode, commit, ack - until cancelled. Broker outages never end it.
+
+        Args:
+            emit: commits readings (the ack of the messages behind them follows).
+            reject: records a poison message durably (its ack follows). None: count and ack only.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[_Event] = asyncio.Queue()
         client = await asyncio.to_thread(self._make_client, loop, queue)
@@ -142,11 +172,11 @@ class MqttSource:
             async with asyncio.TaskGroup() as tg:
                 if self.cfg.profile == "victron":
                     tg.create_task(self._keepalive(client), name=f"agent[{self.name}].keepalive")
-                await self._consume(queue, client, emit)
+                await self._consume(queue, client, emit, reject)
         finally:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
             self.connected = False
+            client.disconnect()
+            await _stop_loop(client, self.name)
 
     # -- client setup (runs in a thread: reads the password and CA files) ---------------------
     def _make_client(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Event]) -> paho.Client:
@@ -187,7 +217,10 @@ class MqttSource:
             post(_Down(str(rc), False))
 
         def on_message(cl: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
-            post(_Msg(self._thread_gen, msg.topic, bytes(msg.payload), msg.qos, msg.mid))
+            # On paho's thread: an exception here would end its network loop, so decode the topic
+            # ourselves (msg.topic raises on bytes that are not UTF-8) and never raise.
+            topic = msg._topic.decode("utf-8", "replace") if isinstance(msg._topic, bytes) else str(msg._topic)
+            post(_Msg(self._thread_gen, topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.dup)))
 
         client.on_connect = on_connect
         client.on_connect_fail = on_connect_fail
@@ -203,7 +236,8 @@ class MqttSource:
         return client
 
     # -- the event loop side --------------------------------------------------------------------
-    async def _consume(self, queue: asyncio.Queue[_Event], client: paho.Client, emit: Emit) -> None:
+    async def _consume(self, queue: asyncio.Queue[_Event], client: paho.Client, emit: Emit,
+                       reject: Reject | None) -> None:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self.tick_seconds
         while True:
@@ -212,14 +246,23 @@ class MqttSource:
             except TimeoutError:
                 item = None
             if isinstance(item, _Msg):
-                await self._message(item, client, emit)
+                await self._message(item, client, emit, reject)
             elif isinstance(item, _Conn):
                 self._connected(item, client)
             elif isinstance(item, _Down):
                 self._down(item)
             if loop.time() >= next_tick:
                 next_tick = loop.time() + self.tick_seconds
-                await self._commit(self._decoder.tick(_now_ms()), client, emit)
+                await self._commit(self._tick(), client, emit)
+
+    def _tick(self) -> list[Reading]:
+        now = _now_ms()
+        try:
+            return self._decoder.tick(now)
+        except Exception as exc:  # a decoder bug must not end the feed; the held cycles flush next time
+            self._log_error("tick", f"decoder tick failed: {type(exc).__name__}: {exc}", now, "")
+            log.debug("decoder tick traceback source=%s", self.name, exc_info=exc)
+            return []
 
     def _connected(self, ev: _Conn, client: paho.Client) -> None:
         if not ev.ok:
@@ -231,6 +274,7 @@ class MqttSource:
         self._gen = ev.gen
         self._decoder.reset()                    # the broker redelivers whatever we held unacked
         self.connected = True
+        self._ever_connected = True
         self.connects += 1
         log.info("mqtt connected source=%s url=%s client_id=%s session_present=%s", self.name, self.cfg.url,
                  self.client_id, ev.session_present)
@@ -253,18 +297,44 @@ class MqttSource:
                         self.name, self.cfg.url, ev.reason)
         self.connected = False
 
-    async def _message(self, msg: _Msg, client: paho.Client, emit: Emit) -> None:
+    async def _message(self, msg: _Msg, client: paho.Client, emit: Emit, reject: Reject | None) -> None:
         if msg.gen != self._gen:
             return          # from a connection that is gone: unacked, so the broker redelivers it
         self.received_total += 1
         tag: Hashable | None = (msg.mid, msg.qos) if msg.qos > 0 else None
         now = _now_ms()
+        self._last_message_ms = now
+        rejected: RejectedInput | None = None
         try:
             readings = self._decoder.feed(msg.topic, msg.payload, now, tag)
+            outcome = self._decoder.outcome
         except PayloadError as exc:
-            self._malformed(msg.topic, exc, now)
-            readings = []
+            self._malformed(msg.topic, exc.message, exc.hint, now)
+            readings, outcome = self._decoder.salvage(), MALFORMED
+            rejected = self._rejected(msg, MALFORMED, exc.message, now)
+        except Exception as exc:  # the decoder failed on this one message: reject it, keep the feed
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            self._malformed(msg.topic, f"decoder failed: {detail}", "a bug in the profile: report it with "
+                            "`solar-agent outbox rejected` output", now, kind=DECODE_ERROR)
+            log.debug("decoder traceback source=%s topic=%.200s", self.name, msg.topic, exc_info=exc)
+            readings, outcome = self._decoder.salvage(), DECODE_ERROR
+            # The decoder's feed releases (or holds) the tag even when it raises (BaseDecoder.feed).
+            rejected = self._rejected(msg, DECODE_ERROR, detail, now)
+        if outcome is None:
+            outcome = READING
+            self._last_reading_ms = now
+        else:
+            self._example = (msg.topic[:200], outcome)
+        self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        if self.on_outcome is not None:
+            self.on_outcome(self.name, outcome)
+        if rejected is not None and reject is not None:
+            await reject(rejected)      # durable before the ack below
         await self._commit(readings, client, emit)
+
+    def _rejected(self, msg: _Msg, reason: str, detail: str, now_ms: int) -> RejectedInput:
+        return RejectedInput(self.name, msg.topic[:1000], reason, detail, msg.payload[:PAYLOAD_HEAD_BYTES],
+                             len(msg.payload), now_ms, redelivered=msg.dup)
 
     async def _commit(self, readings: list[Reading], client: paho.Client, emit: Emit) -> None:
         # Take the tags before awaiting: they belong to exactly the readings committed below.
@@ -282,21 +352,29 @@ class MqttSource:
             client.ack(mid, qos)
             self.acked_total += 1
 
-    def _malformed(self, topic: str, exc: PayloadError, now_ms: int) -> None:
+    def _malformed(self, topic: str, message: str, hint: str | None, now_ms: int, kind: str = MALFORMED) -> None:
         self.malformed_total += 1
-        device = self._decoder.device_of(topic)
+        try:
+            device = self._decoder.device_of(topic)[:200]
+        except Exception:  # device_of is the decoder's too
+            device = topic[:200]
         h = self._device(device)
-        h.errors["malformed"] += 1
+        h.errors[kind] += 1
         h.consecutive_failures += 1
-        h.last_error = exc.message
-        last = self._last_log_ms.get(device)
+        h.last_error = message[:300]
+        self._log_error(device, message, now_ms, topic,
+                        hint or f"check that profile={self.cfg.profile} matches what the device publishes")
+
+    def _log_error(self, key: str, message: str, now_ms: int, topic: str, hint: str = "") -> None:
+        """One warning per key per minute; the lines in between are counted in the next one."""
+        last = self._last_log_ms.get(key)
         if last is not None and now_ms - last < ERROR_LOG_INTERVAL_MS:
-            self._suppressed[device] = self._suppressed.get(device, 0) + 1
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
-        self._last_log_ms[device] = now_ms
-        log.warning("malformed payload source=%s device=%s topic=%s error=%s suppressed=%d hint=%s",
-                    self.name, device, topic, exc.message, self._suppressed.pop(device, 0),
-                    exc.hint or f"check that profile={self.cfg.profile} matches what the device publishes")
+        self._last_log_ms[key] = now_ms
+        log.warning("rejected input source=%s device=%s topic=%.200s error=%.300s suppressed=%d hint=%s",
+                    self.name, key, topic, message, self._suppressed.pop(key, 0),
+                    hint or "see `solar-agent outbox rejected`")
 
     def _device(self, device: str) -> DeviceHealth:
         h = self._health.get(device)
@@ -319,6 +397,35 @@ def _read_secret(path: Path, key: str) -> str:
     except OSError as exc:
         raise ConfigError("<site config>", key, f"cannot read: {exc.strerror}", value=str(path),
                           hint="the file must be readable by the agent's user (0600)") from exc
+
+
+LOOP_STOP_SECONDS: Final = 5.0
+
+
+async def _stop_loop(client: paho.Client, name: str) -> None:
+    """Join paho's network thread, but at most LOOP_STOP_SECONDS.
+
+    That thread may hang in a connect to a broker that never answers; a stop or a restart must not
+    wait for it. The joining thread is a daemon (not the default executor, which the interpreter
+    waits for at exit), so an abandoned join ends with the process.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def join() -> None:
+        client.loop_stop()
+        with contextlib.suppress(RuntimeError):     # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=join, name=f"{name}.loop_stop", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), LOOP_STOP_SECONDS)
+    except TimeoutError:
+        log.warning("mqtt network thread did not stop within %.0fs source=%s; abandoned", LOOP_STOP_SECONDS, name)
 
 
 def _ack_key(tag: Hashable) -> tuple[int, int]:

@@ -78,11 +78,12 @@ def test_render_round_trips_through_a_parser() -> None:
     assert samples[(p + "oldest_undelivered_seconds", frozenset())] == 3.25
     assert samples[(p + "outbox_events", frozenset())] == 0
     assert samples[(p + "requests_total", frozenset({("endpoint", "stream"), ("status", "202")}))] == 1
-    for stage in ("source", "outbox", "stream", "bulk", "auth"):
+    for stage in ("source", "outbox", "stream", "bulk", "auth", "status"):
         assert (p + "errors_total", frozenset({("stage", stage)})) in samples
     expected = {"received_events_total", "sent_events_total", "errors_total", "events_discarded_total",
                 "outbox_events", "outbox_bytes", "oldest_undelivered_seconds", "dead_letters",
-                "device_errors_total", "requests_total"}
+                "device_errors_total", "requests_total", "held_events", "rejected_inputs",
+                "source_inputs_total", "restarts_total"}
     assert set(meta) == {p + n for n in expected}
 
 

@@ -16,6 +16,7 @@ from agent.metrics import AgentMetrics
 from agent.status import (
     REASON_CODES,
     DeviceCheck,
+    FeedCheck,
     HealthInputs,
     HealthPolicy,
     HealthReport,
@@ -73,10 +74,11 @@ async def test_unix_socket_routes(tmp_path: Path, provider: FakeProvider) -> Non
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         async with _unix_session(sock) as s:
             async with s.get("http://agent/health") as r:
-                assert (r.status, await r.json()) == (200, {"ok": True, "reasons": []})
+                assert (r.status, await r.json()) == (200, {"ok": True, "level": "ok", "reasons": []})
             provider.report = HealthReport(False, ["clock_unsynced: x"])
             async with s.get("http://agent/health") as r:
-                assert (r.status, await r.json()) == (503, {"ok": False, "reasons": ["clock_unsynced: x"]})
+                assert (r.status, await r.json()) == (
+                    503, {"ok": False, "level": "degraded", "reasons": ["clock_unsynced: x"]})
             async with s.get("http://agent/status") as r:
                 body = await r.json()
                 assert r.status == 200
@@ -237,6 +239,24 @@ def _inputs(**kw: Any) -> HealthInputs:
         (_inputs(outbox_bytes=901, outbox_max_bytes=1000), ["outbox_nearly_full"]),
         (_inputs(outbox_bytes=10**9, outbox_max_bytes=0), []),  # no cap
         (_inputs(clock_synced=False), ["clock_unsynced"]),
+        # A device with its breaker open after 3 failed reads is unreachable (not also silent).
+        (_inputs(devices=[DeviceCheck("inv1", 10, NOW - 60_000, "backoff", "timeout: x", 3)]), ["device_unreachable"]),
+        (_inputs(devices=[DeviceCheck("inv1", 10, NOW - 1_000, "backoff", "timeout: x", 1)]), []),   # one timeout
+        (_inputs(devices=[DeviceCheck("inv1", 10, None, "down", "connection: refused", 5)]), ["device_unreachable"]),
+        # A push device that spoke, then stopped for more than 10 minutes.
+        (_inputs(devices=[DeviceCheck("dtu", None, NOW - 600_000)]), []),
+        (_inputs(devices=[DeviceCheck("dtu", None, NOW - 600_001)]), ["device_silent"]),
+        # Feeds: a broker down after the grace period; messages without any reading for 3 minutes.
+        (_inputs(feeds=[FeedCheck("mqtt:a", False, False, "refused")]), ["broker_disconnected"]),
+        (_inputs(started_ms=NOW - 10_000, feeds=[FeedCheck("mqtt:a", False, False)]), []),
+        (_inputs(feeds=[FeedCheck("mqtt:a", True, True, "", NOW - 1_000, NOW - 180_001, "x/y", "malformed")]),
+         ["feed_no_readings"]),
+        (_inputs(feeds=[FeedCheck("mqtt:a", True, True, "", NOW - 1_000, NOW - 179_000, "x/y", "malformed")]), []),
+        (_inputs(feeds=[FeedCheck("mqtt:a", True, True, "", NOW - 200_000, None)]), []),   # quiet feed: not this
+        (_inputs(dead_letters_recent=1), ["dead_letters_recent"]),
+        (_inputs(dropped_recent=5), ["readings_dropped"]),
+        (_inputs(components_restarting=[("drain.stream", "RuntimeError: x")]), ["component_restarting"]),
+        (_inputs(components_failed=[("mqtt:a", "RuntimeError: x")]), ["component_failed"]),
         (
             _inputs(devices=[DeviceCheck("a", 10, NOW), DeviceCheck("b", 5, NOW - 60_000)],
                     oldest_undelivered_ms=NOW - 7_200_000, auth_ok=False,
@@ -249,6 +269,25 @@ def test_health_policy_table(inputs: HealthInputs, codes: list[str]) -> None:
     report = evaluate_health(inputs)
     assert [r.split(":", 1)[0] for r in report.reasons] == codes
     assert report.ok is (not codes)
+
+
+@pytest.mark.parametrize(("inputs", "level"), [
+    (_inputs(), "ok"),
+    (_inputs(clock_synced=False, dropped_recent=1), "degraded"),
+    (_inputs(components_restarting=[("x", "")]), "degraded"),
+    (_inputs(components_failed=[("x", "")], clock_synced=False), "failed"),
+    (_inputs(auth_ok=False), "failed"),
+])
+def test_health_levels(inputs: HealthInputs, level: str) -> None:
+    assert evaluate_health(inputs).to_json()["level"] == level
+
+
+def test_feed_reason_gives_an_example_topic_and_a_hint() -> None:
+    (reason,) = evaluate_health(_inputs(feeds=[FeedCheck("mqtt:dtu", True, True, "", NOW, None,
+                                                         "solar/1164a00cbf56/0/power", "unrecognised_topic")])).reasons
+    assert reason.startswith("feed_no_readings: feed=mqtt:dtu last_reading=never "
+                             "example_topic=solar/1164a00cbf56/0/power why=unrecognised_topic hint=")
+    assert "profile" in reason
 
 
 def test_health_reasons_name_the_detail() -> None:

@@ -388,14 +388,15 @@ class Site:
                     bulk_min_rows: int = 1_000_000, retry_max_seconds: float = 1.0,
                     poll_interval_seconds: float = 0.25, max_requests_per_second: float = 50.0,
                     outbox_max_bytes: int = 2_000_000_000, when_full: str = "drop_oldest",
-                    min_free_bytes: int = 0, extra_drain: str = "") -> str:
+                    min_free_bytes: int = 0, extra_drain: str = "", extra: str = "",
+                    dc_timeout_seconds: float = 5.0) -> str:
         lines = [
             "[site]", f'id = "{SITE_ID}"', 'customer_id = "001E2E0000000001"', "",
             "[outbox]", f'path = "{self.outbox_path}"', f"max_bytes = {outbox_max_bytes}",
             f"min_free_bytes = {min_free_bytes}", f'when_full = "{when_full}"', "",
             "[datacloud]", f'login_url = "{self.emu.url}"', f'client_id = "{CLIENT_ID}"',
             f'username = "{USERNAME}"', f'private_key_path = "{self.key_path}"', 'source_name = "solar_agent"',
-            "timeout_seconds = 5.0", "",
+            f"timeout_seconds = {dc_timeout_seconds}", "",
             "[drain]", f"flush_interval_seconds = {flush_interval_seconds}",
             f"bulk_after_seconds = {bulk_after_seconds}", f"bulk_min_rows = {bulk_min_rows}",
             f"retry_max_seconds = {retry_max_seconds}", f"max_requests_per_second = {max_requests_per_second}",
@@ -419,6 +420,7 @@ class Site:
         if self.broker is not None:
             lines += ["[[mqtt]]", 'name = "opendtu"', f'url = "{self.broker.url}"', 'profile = "opendtu"',
                       'client_id = "solar-agent-e2e-opendtu"', ""]
+        lines.append(extra)           # more [[mqtt]] or [[modbus]] sections, appended last
         return "\n".join(lines)
 
     def write_config(self, **kw: Any) -> Path:

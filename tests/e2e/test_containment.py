@@ -1,0 +1,173 @@
+"""One fault stays in its part, and a stop always works: the agent as a process, with real peers.
+
+Regression of issue #11: one MQTT message ``{"ENERGY":{"Power":<5,000 digits>}}`` on a generic
+feed used to kill the agent (ValueError out of json.loads, TaskGroup cancelled everything), or,
+with a larger config, leave a zombie: Modbus polling on, MQTT and the drain dead, health OK,
+SIGTERM ignored. The message was never acked, so the broker replayed it at every start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.emulator import Faults
+from agent.runtime import STOP_DEADLINE_SECONDS
+from agent.status import post_control
+from tests.peers.site import AgentProcess, Site, metric_value, outbox_meta
+from tests.waiting import wait_for
+
+POISON = b'{"ENERGY":{"Power":' + b"9" * 5000 + b"}}"
+GENERIC_FEED = """
+[[mqtt]]
+name = "gen"
+url = "{url}"
+profile = "generic"
+topics = ["gen/+/tele"]
+client_id = "solar-agent-e2e-gen"
+fields = {{ ac_power_w = "ENERGY.Power" }}
+"""
+
+
+def _publish(port: int, topic: str, payload: bytes) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"e2e-pub-{time.monotonic_ns()}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _rejected_rows(outbox: Path) -> list[tuple[str, str, int]]:
+    conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+    try:
+        return [tuple(r) for r in conn.execute("SELECT source, reason, count FROM rejected_inputs")]  # type: ignore[misc]
+    finally:
+        conn.close()
+
+
+async def _stop_within_deadline(agent: AgentProcess) -> float:
+    started = time.monotonic()
+    agent.signal(signal.SIGTERM)
+    rc = await agent.wait(STOP_DEADLINE_SECONDS + 10)
+    took = time.monotonic() - started
+    assert rc == 0, agent.log_text()[-3000:]
+    assert took < STOP_DEADLINE_SECONDS, f"stop took {took:.1f}s"
+    return took
+
+
+async def test_a_poison_message_is_recorded_once_and_never_stops_the_site(tmp_path: Path) -> None:
+    async with Site(tmp_path, rtu_units=(1,), tcp=True, mqtt=True) as site:
+        assert site.broker is not None
+        site.write_config(extra=GENERIC_FEED.format(url=site.broker.url))
+        agent = await site.start_agent()
+        await asyncio.to_thread(_publish, site.broker.port, "gen/dev1/tele", POISON)
+        await wait_for(lambda: _rejected_rows(site.outbox_path), 15, "the poison message recorded")
+
+        # The rest of the site goes on: Modbus RTU and TCP and the OpenDTU feed keep landing.
+        landed = site.emu.store.count()
+        await site.publish_cycle()
+        await wait_for(lambda: site.emu.store.count() > landed + 10, 20, "delivery after the poison message")
+        devices = {r.get("device_id") for r in site.emu.store.rows()}
+        assert {"SunSpecSim-SIM001001", "FloatSim-SIM002001"} <= devices
+        status = await agent.status()
+        assert status and status["outbox"]["rejected_inputs"] == 1
+        assert status["health"]["level"] != "failed", status["health"]
+        assert not any(c["restarts"] for c in status["components"].values()), status["components"]
+        gen = next(f for f in status["feeds"] if f["feed"] == "mqtt:gen")
+        assert gen["outcomes"] == {"malformed": 1}
+        assert metric_value(await agent.metrics(), "solar_agent_source_inputs_total",
+                            source="mqtt:gen", outcome="malformed") == 1
+        # The zombie's symptoms are gone too: drain --now answers, SIGTERM ends it at once.
+        assert await post_control(site.status_socket, "/control/drain?bulk=0") is not None
+        await _stop_within_deadline(agent)
+
+        # Acked after it was recorded: a restart (kill -9 too) never sees it again.
+        agent = await site.start_agent()
+        await site.publish_cycle()
+        n = site.emu.store.count()
+        await wait_for(lambda: site.emu.store.count() > n, 20, "delivery after the restart")
+        agent.kill()
+        agent = await site.start_agent()
+        await site.publish_cycle()
+        n = site.emu.store.count()
+        await wait_for(lambda: site.emu.store.count() > n, 20, "delivery after kill -9")
+        status = await agent.status()
+        assert status and "malformed" not in next(f for f in status["feeds"] if f["feed"] == "mqtt:gen")["outcomes"]
+        await _stop_within_deadline(agent)
+        assert _rejected_rows(site.outbox_path) == [("mqtt:gen", "malformed", 1)]
+
+
+@contextmanager
+def _black_hole() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (a broker that hangs)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_sigterm_exits_0_within_the_deadline_in_every_injected_state(tmp_path: Path) -> None:
+    bad_ca = tmp_path / "not-a-ca.pem"
+    bad_ca.write_text("this is not a certificate\n")
+    with _black_hole() as port:
+        hung_broker = f"""
+[[mqtt]]
+name = "hung"
+url = "mqtt://127.0.0.1:{port}"
+profile = "generic"
+topics = ["x/+/y"]
+fields = {{ ac_power_w = "W" }}
+"""
+        # A feed whose TLS setup fails at every start: a component that keeps restarting.
+        crashing = f"""
+[[mqtt]]
+name = "crashing"
+url = "mqtts://127.0.0.1:{port}"
+ca_file = "{bad_ca}"
+profile = "generic"
+topics = ["x/+/y"]
+fields = {{ ac_power_w = "W" }}
+"""
+        async with Site(tmp_path, rtu_units=(1,)) as site:
+            # A Data Cloud timeout longer than the drain's stop deadline: the hung request must be cut.
+            site.write_config(extra=hung_broker + crashing, dc_timeout_seconds=120.0)
+            agent = await site.start_agent()
+            await wait_for(lambda: site.emu.store.count() > 0, 20, "first readings landed")
+
+            async def restarting() -> bool:
+                st = await agent.status()
+                comps = (st or {}).get("components", {})
+                return bool(comps.get("mqtt:crashing", {}).get("restarts"))
+            await wait_for(restarting, 20, "the crashing feed restarted by its supervisor")
+            status = await agent.status()
+            assert status is not None
+            reasons = " ".join(status["health"]["reasons"])
+            assert "component_restarting: component=mqtt:crashing" in reasons
+            assert status["components"]["drain.stream"]["state"] == "running"
+            # The others keep delivering while it restarts.
+            n = site.emu.store.count()
+            await wait_for(lambda: site.emu.store.count() > n + 5, 20, "delivery beside the restarts")
+
+            # And Data Cloud hangs: every request waits far longer than the stop deadline.
+            site.emu.set_faults(Faults(latency_seconds=600.0))
+
+            async def hanging() -> bool:
+                return (await asyncio.to_thread(outbox_meta, site.outbox_path))["leased"] > 0
+            await wait_for(hanging, 20, "a delivery hanging in Data Cloud (rows leased)")
+            await _stop_within_deadline(agent)
+            assert "agent: stopped" in agent.log_text()

@@ -164,7 +164,14 @@ class Drain:
         self._stream_backoff = Backoff(cap_seconds=cfg.retry_max_seconds, rng=self._rng)
         self._bulk_backoff = Backoff(base_seconds=10.0, cap_seconds=max(cfg.retry_max_seconds, 600.0), rng=self._rng)
         self._kick = _Kick()
-        self._bulk_leased = asyncio.Event()
+        # The stream lane asks the bulk lane to take the old rows first (a ticket), and waits for an
+        # answer given by a bulk-loop pass that STARTED after the question: an answer computed from
+        # state older than the question ("streaming still fails, no job") let the stream lane
+        # nibble a batch of the backlog before the job took the rest (a flaky test, issue #12).
+        self._yield_asked = 0
+        self._yield_answered = 0
+        self._bulk_pass_saw = 0            # the ticket the current bulk-loop pass started after
+        self._yield_event = asyncio.Event()
         self._bulk_kick = _Kick()
         self._unsent_bytes = 0
         self._first_unsent_ms: int | None = None
@@ -279,10 +286,20 @@ class Drain:
         """When a backfill is due, let the bulk lane lease the old rows before streaming nibbles them."""
         if self.bulk_state.retry_at_ms and self.bulk_state.retry_at_ms > self.now_ms():
             return  # the bulk lane is backing off: stream meanwhile
-        self._bulk_leased.clear()
+        self._yield_asked += 1
+        ticket = self._yield_asked
         self._bulk_kick.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._bulk_leased.wait(), 10.0)
+            async with asyncio.timeout(10.0):
+                while self._yield_answered < ticket:
+                    self._yield_event.clear()
+                    await self._yield_event.wait()
+
+    def _answer_yield(self) -> None:
+        """The bulk lane decided (leased the old rows, or no job now) for every question it had seen."""
+        if self._bulk_pass_saw > self._yield_answered:
+            self._yield_answered = self._bulk_pass_saw
+            self._yield_event.set()
 
     async def _deliver(self, lease: Lease) -> float:
         rows = [(r.event_id, r.payload) for r in lease.rows]
@@ -385,14 +402,15 @@ class Drain:
         check_every = max(1.0, min(self.cfg.flush_interval_seconds, 30.0))
         while not self._stopping:
             self._beat("drain")
+            self._bulk_pass_saw = self._yield_asked
             stats = await self.outbox.stats()
             if self.bulk_state.retry_at_ms and self.bulk_state.retry_at_ms > self.now_ms() and not self._force_bulk:
-                self._bulk_leased.set()  # no job now: the stream lane need not wait for one
+                self._answer_yield()  # no job now: the stream lane need not wait for one
                 await self._bulk_kick.wait((self.bulk_state.retry_at_ms - self.now_ms()) / 1000)
                 continue
             # A bulk job on a dead link only burns the org's 20 jobs/hour: wait until streaming works.
             if not self.bulk_due(stats) or self.stream_state.consecutive_failures:
-                self._bulk_leased.set()
+                self._answer_yield()
                 await self._bulk_kick.wait(check_every)
                 continue
             await self.run_bulk_once()
@@ -408,7 +426,7 @@ class Drain:
                 older_than_ms=self.now_ms() - self.fresh_window_ms()
             )
         finally:
-            self._bulk_leased.set()
+            self._answer_yield()
         if lease is None:
             return None
         state = self.bulk_state

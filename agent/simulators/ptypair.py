@@ -34,6 +34,9 @@ class _End:
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)        # no echo, no CR/LF translation, no signals: a raw wire
         tty.setraw(self.master)
+        # A wire nobody listens to loses bytes; it never stops the other direction. A blocking
+        # write into a full pty buffer (no reader on that side) would hang the relay thread.
+        os.set_blocking(self.master, False)
         self.tty_path = os.ttyname(self.slave)
         self.link = link
         if link is not None:
@@ -65,6 +68,9 @@ class PtyPair:
         self._lock = threading.Lock()
         self._a = _End(self._link_a)
         self._b: _End | None = _End(self._link_b)
+        # Ends unplugged but not yet closed: only the relay thread closes them, between two selects,
+        # so it never registers or reads an fd that another thread closed (EBADF killed the relay).
+        self._retired: list[_End] = []
         self._wake_r, self._wake_w = os.pipe()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="ptypair.relay", daemon=True)
@@ -92,15 +98,16 @@ class PtyPair:
         self.close()
 
     def unplug(self) -> None:
-        """Side B disappears: its pty is closed and its link removed (USB adapter pulled)."""
+        """Side B disappears: its link is removed now and its pty closed by the relay at once
+        (USB adapter pulled)."""
         with self._lock:
             old = self._b
             self._b = None
+            if old is not None:
+                self._retired.append(old)
+                if old.link is not None and old.link.is_symlink():
+                    old.link.unlink()
         os.write(self._wake_w, b"x")
-        if old is not None:
-            old.close()
-            if old.link is not None and old.link.is_symlink():
-                old.link.unlink()
 
     def plug(self) -> None:
         """Side B comes back on a new pty under the same link name (USB adapter re-enumerated)."""
@@ -120,7 +127,7 @@ class PtyPair:
         os.write(self._wake_w, b"x")
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        for end in (self._a, self._b):
+        for end in (self._a, self._b, *self._retired):
             if end is None:
                 continue
             end.close()
@@ -135,6 +142,9 @@ class PtyPair:
             while not self._stop:
                 with self._lock:
                     a, b = self._a, self._b
+                    retired, self._retired = self._retired, []
+                for end in retired:        # nothing is registered between two iterations
+                    end.close()
                 sel.register(self._wake_r, selectors.EVENT_READ, None)
                 sel.register(a.master, selectors.EVENT_READ, (b, "a->b"))
                 if b is not None:

@@ -144,24 +144,42 @@ async def test_throttling_slows_down_and_loses_nothing(make_rig) -> None:  # typ
         assert max(rig.emu.store.write_counts().values()) == 1
 
 
-async def test_long_outage_backfills_the_old_part_in_a_bulk_job(make_rig) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("slow_stats", [False, True])
+async def test_long_outage_backfills_the_old_part_in_a_bulk_job(make_rig, slow_stats: bool) -> None:  # type: ignore[no-untyped-def]
     # Small batches: the age trigger wants a backlog worth 20 streaming requests.
     cfg = drain_config(flush_interval_seconds=0.2, bulk_after_seconds=1.0, batch_max_bytes=10_000)
     async with make_rig(cfg) as rig:
+        if slow_stats:
+            # A slow disk (a loaded machine): the bulk loop is often in the middle of a pass when the
+            # stream lane asks it to take the old rows. It used to answer from the state it read
+            # before the question, and the stream lane sent a batch of the backlog first.
+            stats = rig.outbox.stats
+
+            async def slow() -> object:
+                await asyncio.sleep(0.15)     # injected latency, not a wait
+                return await stats()
+            rig.outbox.stats = slow
         rig.emu.set_faults(Faults(outage=True))
         old = records(500, start_ms=1_750_000_000_000)
         await rig.append(old)
-        await until(lambda: rig.drain.stream_state.consecutive_failures >= 1)
-        # Age the backlog past both the bulk threshold and the fresh window (5 s minimum).
-        rig.drain.now_ms = lambda: time.time_ns() // 1_000_000 + 10_000
+
+        # The backlog ages past bulk_after_seconds (1 s, which is also the fresh window) during the
+        # outage, on the one clock the outbox and the drain share.
+        async def aged() -> bool:
+            return rig.drain.bulk_due(await rig.outbox.stats())
+        await until(aged, 10, "the backlog old enough for a bulk job")
+        # A retry leased before that is a full batch of young rows; had the link come back while it
+        # was on its way, it would have landed (rightly). Let two more attempts fail: the one in
+        # flight is over, and every later attempt is a one-row probe of the aged backlog.
+        failed = rig.drain.stream_state.failures_total
+        await until(lambda: rig.drain.stream_state.failures_total >= failed + 2, 10, "two more failed attempts")
         rig.emu.set_faults(Faults())
         await rig.emu.wait_landed(500, timeout=20)
-        await until(lambda: rig.drain.bulk_state.sent_total > 0)
-        # The stream lane probed the link with one row; the rest went through the bulk job.
+        await until(lambda: _empty(rig.outbox))
+        # The stream lane probed the link with a row or two; the rest went through the bulk job.
         assert rig.drain.bulk_state.sent_total >= 490
         assert rig.drain.stream_state.sent_total + rig.drain.bulk_state.sent_total == 500
         assert max(rig.emu.store.write_counts().values()) == 1
-        await until(lambda: _empty(rig.outbox))
         await until(lambda: _no_jobs(rig.outbox))  # the journal entry is gone once the rows were acked
 
 

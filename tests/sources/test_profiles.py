@@ -35,6 +35,13 @@ def test_every_profile_has_cases() -> None:
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_case_cites_its_source(case: Path) -> None:
+    source = case / "SOURCE.md"
+    assert source.exists(), f"{case}: every corpus case names where its frames come from (SOURCE.md)"
+    assert len(source.read_text().split()) >= 20
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_case(case: Path) -> None:
     profile = case.parent.name
     cfg_file = case / "config.json"

@@ -1,0 +1,76 @@
+"""The SunSpec corpus (tests/cases/sunspec/<case>/device.json): discovery and decoding, without a wire.
+
+A case's ``device.json`` is what a Modbus unit answers; ``read`` below plays it by the same rules the
+simulator serves it with (an address outside the blocks is exception 2, a ``silent`` range never answers).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import DeviceProtocolError, DeviceTimeout
+from agent.sources import sunspec
+
+CASES = Path(__file__).parent.parent / "cases" / "sunspec"
+
+
+def _cases() -> list[Path]:
+    return sorted(p for p in CASES.iterdir() if (p / "device.json").exists())
+
+
+def reader(device: dict[str, Any]) -> Callable[[int, int], Awaitable[list[int]]]:
+    """An in-memory unit answering like ``device.json`` says (and like the simulator serves it)."""
+
+    async def read(address: int, count: int) -> list[int]:
+        if any(lo <= address < hi for lo, hi in device.get("silent", [])):
+            raise DeviceTimeout(f"no answer reading {address}+{count}")
+        for block in device["blocks"]:
+            start, regs = block["address"], block["registers"]
+            if start <= address and address + count <= start + len(regs):
+                return list(regs[address - start:address - start + count])
+        raise DeviceProtocolError(f"Modbus exception 2 (illegal data address) reading {address}+{count}")
+    return read
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda p: p.name)
+def test_case_cites_its_source(case: Path) -> None:
+    assert (case / "SOURCE.md").exists()
+    assert (case / "discovery.json").exists()
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda p: p.name)
+async def test_discovery(case: Path) -> None:
+    device = json.loads((case / "device.json").read_text())
+    want = json.loads((case / "discovery.json").read_text())
+    found = await sunspec.discover(reader(device), sunspec.BASE_CANDIDATES)
+    if "error" in want:
+        assert found.base is None and not found.chain
+        text = found.describe()
+        for address, answer in want["error"].items():
+            assert f"{address}: " in text and answer in text, (address, answer, text)
+        return
+    assert found.base == want["base"]
+    assert [m.model_id for m in found.chain] == want["models"]
+    for address, answer in want.get("tried", {}).items():
+        assert answer in dict((str(a), t) for a, t in found.tried)[address]
+
+
+@pytest.mark.parametrize("case", [c for c in _cases() if (c / "expected.jsonl").read_text().strip()],
+                         ids=lambda p: p.name)
+async def test_readings(case: Path) -> None:
+    device = json.loads((case / "device.json").read_text())
+    read = reader(device)
+    found = await sunspec.discover(read, sunspec.BASE_CANDIDATES)
+    models: dict[int, sunspec.GroupValues] = {}
+    for m in found.chain:
+        if m.model_id in sunspec.SUPPORTED_MODELS and m.model_id not in models:
+            models[m.model_id] = sunspec.decode_model(m.model_id, await read(m.address, m.length))
+    common = models.pop(1)
+    got = [{"device_id": d, "metrics": m} for d, m in sunspec.device_readings(sunspec.device_id(common), models)]
+    expected = [json.loads(line) for line in (case / "expected.jsonl").read_text().splitlines()]
+    assert got == expected

@@ -98,6 +98,8 @@ class MqttConfig:
     ca_file: Path | None = None
     keepalive_seconds: int = 60
     portal_id: str = ""                 # victron: the GX portal id for the keepalive topic
+    # shelly: which counter of a bidirectional meter is the energy; "export" for a meter in a PV feed
+    energy_direction: Literal["import", "export"] = "import"
     # generic profile: schema field -> JSON path in the payload (e.g. "ENERGY.Power")
     fields: tuple[tuple[str, str], ...] = ()
     device_id_path: str = ""            # generic profile: JSON path of the device id; empty = topic segment
@@ -314,6 +316,7 @@ def redacted(cfg: AgentConfig) -> dict[str, Any]:
     for feed in plain.get("mqtt", []):
         _drop_defaults(feed, MqttConfig, () if feed["profile"] == "generic" else _GENERIC_ONLY)
         _drop_defaults(feed, MqttConfig, () if feed["profile"] == "victron" else ("portal_id",))
+        _drop_defaults(feed, MqttConfig, () if feed["profile"] == "shelly" else ("energy_direction",))
     order = ("site", "outbox", "modbus", "mqtt", "datacloud", "drain", "status", "clock")
     return {k: plain[k] for k in sorted(plain, key=lambda k: order.index(k) if k in order else len(order))}
 
@@ -854,6 +857,9 @@ def _check_mqtt(ctx: _Ctx, feed: MqttConfig, path: str, data: Mapping[str, Any])
                        "find the id under Settings > VRM online portal")
     if feed.portal_id and feed.profile != "victron":
         ctx.error(_join(path, "portal_id"), "is only for profile = \"victron\"", feed.portal_id,
+                  hint="remove it")
+    if feed.energy_direction != "import" and feed.profile != "shelly":
+        ctx.error(_join(path, "energy_direction"), "is only for profile = \"shelly\"", feed.energy_direction,
                   hint="remove it")
 
 

@@ -119,3 +119,44 @@ def test_default_topics() -> None:
         PROFILES["generic"].default_topics(cfg("generic", fields=(("ac_power_w", "W"),)))
     with pytest.raises(ConfigError, match="not a metric"):
         PROFILES["generic"].new_decoder(cfg("generic", topics=("a/+",), fields=(("watts", "W"),)))
+
+
+def _matches(flt: str, topic: str) -> bool:
+    """MQTT topic-filter matching (+ one level, # the rest), written here for the test."""
+    f, t = flt.split("/"), topic.split("/")
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(f) == len(t)
+
+
+@pytest.mark.parametrize("case", [c for c in _cases() if c.parent.name != "generic"],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_each_profile_recognises_its_topics_and_no_other_profile_does(case: Path) -> None:
+    """``recognises`` (for commissioning) tells the families apart on every topic of the corpus."""
+    profile = case.parent.name
+    for line in (case / "input.jsonl").read_text().splitlines():
+        topic = json.loads(line)["topic"]
+        if is_write_topic(topic) or topic.startswith("homeassistant/"):
+            continue
+        assert PROFILES[profile].recognises(topic), topic
+        assert [p for p in PROFILES if p != profile and PROFILES[p].recognises(topic)] == [], topic
+
+
+@pytest.mark.parametrize(("profile", "topic"), [
+    ("shelly", "shellypro3em-08f9e0e67204/events/rpc"),
+    ("shelly", "home/garage/plug/status/switch:0"),
+    ("shelly", "site/b/garage/plug/events/rpc"),
+    ("tasmota", "tele/tasmota_5A9AE8/SENSOR"),
+    ("tasmota", "tele/home/garage/tasmota_5A9AE8/SENSOR"),
+    ("tasmota", "stat/home/garage/tasmota_5A9AE8/STATUS10"),
+    ("opendtu", "solar/1164a00cbf56/0/power"),
+    ("victron", "N/c0619ab1e2f3/pvinverter/20/Ac/L2/Power"),
+    ("solarassistant", "solar_assistant/inverter_2/pv_power/state"),
+])
+def test_default_subscriptions_catch_multi_level_prefixes(profile: str, topic: str) -> None:
+    portal = "c0619ab1e2f3" if profile == "victron" else ""
+    cfg = MqttConfig(name="n", url="mqtt://h", profile=profile, portal_id=portal)  # type: ignore[arg-type]
+    assert any(_matches(f, topic) for f in PROFILES[profile].default_topics(cfg)), topic

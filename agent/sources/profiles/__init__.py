@@ -15,6 +15,10 @@ Decoder contract (see ``_base`` for the ack bookkeeping)::
     reset()                                                    # after a reconnect
     device_of(topic) -> str                                    # for health counters and logs
 
+Each profile module also has ``recognises(topic) -> bool``, a pure test of whether a topic has that
+family's shape (``Profile.recognises``): commissioning (``solar-agent scan``) uses it to tell which
+profile a broker's traffic belongs to. ``generic`` recognises nothing.
+
 Read-only: every decoder ignores command/write topics (``is_write_topic``), and the agent never
 publishes anything except the Victron keepalive (``victron.keepalive_topic``).
 """
@@ -65,6 +69,7 @@ class Profile:
     name: str
     topics: Callable[[MqttConfig], list[str]]
     decoder: Callable[[MqttConfig], Decoder]
+    recognises: Callable[[str], bool] = generic.recognises
 
     def default_topics(self, cfg: MqttConfig) -> list[str]:
         """``cfg.topics`` when given, else the family's usual subscriptions."""
@@ -101,14 +106,17 @@ def _generic_topics(cfg: MqttConfig) -> list[str]:
 
 
 PROFILES: Final[dict[str, Profile]] = {
-    "opendtu": Profile("opendtu", lambda cfg: opendtu.default_topics(), lambda cfg: opendtu.OpenDtuDecoder()),
+    "opendtu": Profile("opendtu", lambda cfg: opendtu.default_topics(), lambda cfg: opendtu.OpenDtuDecoder(),
+                       opendtu.recognises),
     "victron": Profile("victron", lambda cfg: victron.default_topics(cfg.portal_id),
-                       lambda cfg: victron.VictronDecoder()),
+                       lambda cfg: victron.VictronDecoder(), victron.recognises),
     "solarassistant": Profile("solarassistant", lambda cfg: solarassistant.default_topics(),
-                              lambda cfg: solarassistant.SolarAssistantDecoder()),
-    "tasmota": Profile("tasmota", lambda cfg: tasmota.default_topics(), lambda cfg: tasmota.TasmotaDecoder()),
-    "shelly": Profile("shelly", lambda cfg: shelly.default_topics(), lambda cfg: shelly.ShellyDecoder()),
-    "generic": Profile("generic", _generic_topics, _generic),
+                              lambda cfg: solarassistant.SolarAssistantDecoder(cfg.name), solarassistant.recognises),
+    "tasmota": Profile("tasmota", lambda cfg: tasmota.default_topics(), lambda cfg: tasmota.TasmotaDecoder(),
+                       tasmota.recognises),
+    "shelly": Profile("shelly", lambda cfg: shelly.default_topics(),
+                      lambda cfg: shelly.ShellyDecoder(export=cfg.energy_direction == "export"), shelly.recognises),
+    "generic": Profile("generic", _generic_topics, _generic, generic.recognises),
 }
 
 __all__ = ["IGNORED", "MALFORMED", "NO_READING_REASONS", "PROFILES", "STALE", "UNRECOGNISED_TOPIC", "Decoder",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,6 +33,18 @@ from agent.records import Reading, Value
 # purpose: a broker only keeps a bounded number of un-PUBACKed messages in flight (mosquitto's
 # max_inflight_messages defaults to 20), so holding a cycle open too long stalls the stream.
 DEFAULT_IDLE_MS: Final = 2_000
+# A device clock is believed only inside [2020-01-01, receive time + 1 day]: below it the device counts
+# from its boot (no NTP), above it the clock is simply wrong.
+MIN_DEVICE_EPOCH_S: Final = 1_577_836_800
+MAX_CLOCK_AHEAD_MS: Final = 86_400_000
+
+
+def plausible_epoch_ms(seconds: float, now_ms: int) -> int | None:
+    """``seconds`` as epoch milliseconds when it can be a real date near ``now_ms``, else None."""
+    if not math.isfinite(seconds) or seconds < MIN_DEVICE_EPOCH_S:
+        return None
+    t_ms = round(seconds * 1000)
+    return t_ms if t_ms <= now_ms + MAX_CLOCK_AHEAD_MS else None
 
 # Why a message gave no reading (counted per feed; see the module docstring).
 UNRECOGNISED_TOPIC: Final = "unrecognised_topic"   # not a topic this profile knows
@@ -169,9 +181,13 @@ class Assembler:
     cycle rather than replacing it with a fragment.
     """
 
-    def __init__(self, source: str, idle_ms: int = DEFAULT_IDLE_MS) -> None:
+    def __init__(self, source: str, idle_ms: int = DEFAULT_IDLE_MS,
+                 judge: Callable[[str, _Cycle], None] | None = None) -> None:
         self.source = source
         self.idle_ms = idle_ms
+        # Called just before a dirty cycle is emitted: a profile may still mark it stale with what it
+        # learnt since the cycle opened (OpenDTU's uptime and LWT arrive in any order in a retained burst).
+        self.judge = judge
         self._cycles: dict[str, _Cycle] = {}
         self._released: list[Hashable] = []
         self._held = False
@@ -203,10 +219,15 @@ class Assembler:
     def cycle(self, key: str) -> _Cycle | None:
         return self._cycles.get(key)
 
-    def start(self, key: str, time_ms: int | None, out: list[Reading], *, stale: bool = False) -> _Cycle:
-        """Close the key's current cycle (flushing it if dirty) and open a new one."""
+    def start(self, key: str, time_ms: int | None, out: list[Reading], *, stale: bool = False,
+              opened_ms: int = 0) -> _Cycle:
+        """Close the key's current cycle (flushing it if dirty) and open a new one.
+
+        ``opened_ms``: receive time of the message that opened it, the cycle's time when the device
+        gave none (0: the first metric's receive time).
+        """
         self.flush(key, out)
-        cyc = _Cycle(time_ms=time_ms, stale=stale)
+        cyc = _Cycle(time_ms=time_ms, stale=stale, first_ms=opened_ms)
         self._cycles[key] = cyc
         return cyc
 
@@ -240,10 +261,13 @@ class Assembler:
         cyc = self._cycles.get(key)
         if cyc is None:
             return
+        if cyc.dirty and self.judge is not None:
+            self.judge(key, cyc)
         if cyc.dirty and not cyc.stale:
             t = cyc.time_ms if cyc.time_ms is not None else cyc.first_ms
             for device_id, metrics in cyc.metrics.items():
-                out.append(Reading(device_id=device_id, time_ms=t, source=self.source, metrics=dict(metrics)))
+                if any(v is not None for v in metrics.values()):     # all-null: nothing was measured
+                    out.append(Reading(device_id=device_id, time_ms=t, source=self.source, metrics=dict(metrics)))
         cyc.dirty = False
         self._released.extend(cyc.tags)
         cyc.tags.clear()
@@ -266,7 +290,7 @@ class BaseDecoder:
     profile = "base"
 
     def __init__(self, idle_ms: int = DEFAULT_IDLE_MS) -> None:
-        self.asm = Assembler(f"mqtt-{self.profile}", idle_ms)
+        self.asm = Assembler(f"mqtt-{self.profile}", idle_ms, self._judge)
         self._skipped: str | None = None
         self._outcome: str | None = None
         self._salvaged: list[Reading] = []
@@ -279,6 +303,9 @@ class BaseDecoder:
     def skip(self, reason: str) -> None:
         """Called by a profile's ``_feed``: this message is known but gives no reading, because ``reason``."""
         self._skipped = reason
+
+    def _judge(self, key: str, cycle: _Cycle) -> None:
+        """Last look at a cycle before it is emitted (see ``Assembler.judge``); nothing by default."""
 
     def feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None = None) -> list[Reading]:
         """Decode one message; return the readings it completed (possibly none).

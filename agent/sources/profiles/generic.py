@@ -44,6 +44,11 @@ def wildcard_device(topic: str, filters: Sequence[str]) -> str | None:
     return None
 
 
+def recognises(topic: str) -> bool:
+    """Always False: a generic feed's topics are whatever the site config says, not a known shape."""
+    return False
+
+
 class GenericDecoder(BaseDecoder):
     """Field mapping from the site config; stateless apart from tag bookkeeping."""
 
@@ -89,7 +94,10 @@ class GenericDecoder(BaseDecoder):
             if isinstance(raw, str | int) and not isinstance(raw, bool) and str(raw):
                 return str(raw)[:80]
             raise PayloadError(f"topic={topic} {self.device_id_path} holds no device id")
-        return wildcard_device(topic, self.topics) or topic
+        device = wildcard_device(topic, self.topics) or topic
+        if not device:
+            raise PayloadError(f"topic={topic!r} names no device", hint="set device_id_path in the feed's config")
+        return device[:80]
 
     def device_of(self, topic: str) -> str:
         return wildcard_device(topic, self.topics) or topic

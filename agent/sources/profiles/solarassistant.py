@@ -1,9 +1,11 @@
 """SolarAssistant: ``solar_assistant/<device>/<metric>/state``, plain-text payloads.
 
-``<device>`` is ``inverter_<n>``, ``battery_<n>`` or ``total``; each becomes its own device id.
-Values are published on change without a cycle marker, so a device's cycle ends when a metric
-repeats or after ``idle_ms`` of quiet. Energy totals (kWh) are left out: the units were not
-confirmed against a live unit, and a wrong energy counter is worse than none.
+``<device>`` is ``inverter_<n>``, ``battery_<n>`` or ``total``; each becomes its own device id,
+``<feed name>/<device>``: every SolarAssistant unit calls its first inverter ``inverter_1``, so two units
+on one site (on two brokers, two feeds) would otherwise be one device. Values are published on change
+without a cycle marker, so a device's cycle ends when a metric repeats or after ``idle_ms`` of quiet.
+Energy totals (kWh) are left out: the documents are silent on their units, and a wrong energy counter
+is worse than none.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Hashable
 from typing import Final
 
 from agent.records import Reading, Value
-from agent.sources.profiles._base import BaseDecoder, parse_number
+from agent.sources.profiles._base import DEFAULT_IDLE_MS, BaseDecoder, parse_number
 
 # metric -> schema field, for any device kind
 METRICS: Final[dict[str, str]] = {
@@ -40,24 +42,38 @@ def default_topics(prefix: str = "solar_assistant") -> list[str]:
     return [f"{prefix}/+/+/state"]
 
 
+def recognises(topic: str) -> bool:
+    """True for ``solar_assistant/<device>/<metric>/state``."""
+    parts = topic.split("/")
+    return len(parts) == 4 and parts[0] == "solar_assistant" and parts[3] == "state"
+
+
 class SolarAssistantDecoder(BaseDecoder):
-    """Decoder state for one SolarAssistant unit."""
+    """Decoder state for one SolarAssistant unit, whose devices are named ``<feed>/<device>``."""
 
     profile = "solarassistant"
+
+    def __init__(self, feed: str, idle_ms: int = DEFAULT_IDLE_MS) -> None:
+        super().__init__(idle_ms)
+        self.feed_name = feed
 
     def _feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None, out: list[Reading]) -> None:
         parts = topic.split("/")
         if len(parts) != 4 or parts[3] != "state":
             return
-        device, metric = parts[1], parts[2]
+        device, metric = f"{self.feed_name}/{parts[1]}", parts[2]
         value: Value
         if metric in TEXT_METRICS:
             name = TEXT_METRICS[metric]
             value = payload.decode("utf-8", "replace").strip()[:80]
         else:
-            table = BATTERY_METRICS if device.startswith("battery_") else METRICS
+            table = BATTERY_METRICS if parts[1].startswith("battery_") else METRICS
             if metric not in table:
                 return
             name = table[metric]
             value = parse_number(payload, topic)
         self.asm.put(device, device, name, value, now_ms, tag, out)
+
+    def device_of(self, topic: str) -> str:
+        parts = topic.split("/")
+        return f"{self.feed_name}/{parts[1]}" if len(parts) == 4 else topic

@@ -5,13 +5,15 @@
 per cycle (plus one per MPPT string, ``<device>/pv<n>``). pymodbus is used with ``retries=0``
 and no automatic reconnect: retrying, backing off and reopening the port are decided here.
 
-* First contact with a unit: find ``SunS`` (configured base, else 40000, 0, 50000), walk the
-  ``ID, L`` chain to ``0xFFFF``, read model 1 for the device id; the chain is cached.
+* First contact with a unit: find ``SunS`` (configured base, else 40000, 0 and 50000, each probed
+  whatever the previous one answered), walk the ``ID, L`` chain to its end, read model 1 for the device
+  id; the chain is cached (``sunspec.discover``). A failed discovery names every address tried and what
+  it answered.
 * Each cycle: each needed model block is read in ONE request (values and their scale factors
   together, so a scale-factor change cannot tear a value), split only beyond 125 registers.
 * A failing unit trips its breaker: after consecutive failures it is skipped with exponential
-  backoff, then tried once (half-open). A dead inverter costs the others at most one timeout
-  per backoff period.
+  backoff, then tried once (half-open). A dead inverter costs the others at most one discovery
+  (one timeout per base probed) per backoff period.
 * Errors are counted per device by kind (``timeout``, ``crc``, ``exception``, ``not_sunspec``,
   ``connection``, ``decode``: a reply our decoder failed on, contained to that device) in
   ``DeviceHealth.errors`` and logged at most once a minute per device and kind, with a hint.
@@ -32,20 +34,19 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from agent.config import ModbusBusConfig, ModbusDeviceConfig
-from agent.errors import DeviceProtocolError, SourceError
+from agent.errors import DeviceProtocolError, DeviceTimeout, SourceError
 from agent.records import Reading
 from agent.sources import DeviceHealth, Emit, Reject
 from agent.sources.sunspec import (
     BASE_CANDIDATES,
-    END_MODEL_ID,
     MAX_REGISTERS_PER_READ,
     SUPPORTED_MODELS,
     GroupValues,
+    ModelAt,
     decode_model,
     device_id,
-    is_marker,
-    string_metrics,
-    to_metrics,
+    device_readings,
+    discover,
 )
 
 __all__ = ["ModbusSource"]
@@ -53,7 +54,9 @@ __all__ = ["ModbusSource"]
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_SECONDS = 60.0
-_MAX_CHAIN_MODELS = 64          # a chain longer than this is garbage, not a device
+# Modbus exception codes (Modbus Application Protocol V1.1b3, section 7) a technician will meet.
+_EXCEPTION_NAMES = {1: " (illegal function)", 2: " (illegal data address)", 3: " (illegal data value)",
+                    4: " (device failure)", 6: " (device busy)", 11: " (gateway target did not respond)"}
 _HINTS = {
     "timeout": "check wiring (A/B swapped?), unit id, baud rate and parity, bus termination; "
                "the inverter may be off at night",
@@ -72,9 +75,20 @@ _HINTS = {
 class _PollError(SourceError):
     """A failed request, with the health counter kind it belongs to (private to this module)."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message, hint=_HINTS[kind])
+    def __init__(self, kind: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or _HINTS[kind])
         self.kind = kind
+
+
+class _NoAnswer(_PollError, DeviceTimeout):
+    """The unit did not answer (``sunspec.discover`` tells silence from a refusal by these classes)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message)
+
+
+class _Refused(_PollError, DeviceProtocolError):
+    """The unit answered with a Modbus exception (``exception``) or garbage (``crc``)."""
 
 
 class _BusDown(_PollError):
@@ -84,18 +98,11 @@ class _BusDown(_PollError):
         super().__init__("connection", message)
 
 
-@dataclass(frozen=True, slots=True)
-class _ModelAt:
-    model_id: int
-    address: int
-    length: int                 # registers including the ID and L header
-
-
 @dataclass(slots=True)
 class _Unit:
     config: ModbusDeviceConfig
     health: DeviceHealth
-    chain: tuple[_ModelAt, ...] | None = None
+    chain: tuple[ModelAt, ...] | None = None
     device_id: str = ""
     next_try: float = 0.0       # monotonic; the breaker skips the unit until then
     logged: dict[str, float] = field(default_factory=dict)
@@ -188,18 +195,19 @@ class ModbusSource:
             if client.connected is False:
                 raise _BusDown(f"connection lost on {self._where()}: {exc}") from exc
             if self._rx_bytes:
-                raise _PollError("crc", f"unit {unit}: garbled response ({self._rx_bytes} bytes, bad CRC "
-                                        f"or framing) reading {address}+{count}") from exc
-            raise _PollError("timeout", f"unit {unit}: no response in {self.config.timeout_seconds}s "
-                                        f"reading {address}+{count}") from exc
+                raise _Refused("crc", f"unit {unit}: garbled response ({self._rx_bytes} bytes, bad CRC "
+                                      f"or framing) reading {address}+{count}") from exc
+            raise _NoAnswer(f"unit {unit}: no response in {self.config.timeout_seconds}s "
+                            f"reading {address}+{count}") from exc
         except (OSError, ModbusException) as exc:
             raise _BusDown(f"{self._where()}: {exc}") from exc
         if rr.isError():
             code = getattr(rr, "exception_code", None)
-            raise _PollError("exception", f"unit {unit}: Modbus exception {code} reading {address}+{count}")
+            name = _EXCEPTION_NAMES.get(code, "") if isinstance(code, int) else ""
+            raise _Refused("exception", f"unit {unit}: Modbus exception {code}{name} reading {address}+{count}")
         regs = list(rr.registers)
         if len(regs) < count:
-            raise _PollError("crc", f"unit {unit}: short response {len(regs)}/{count} registers")
+            raise _Refused("crc", f"unit {unit}: short response {len(regs)}/{count} registers")
         return regs[:count]
 
     async def _read_block(self, unit: int, address: int, count: int) -> list[int]:
@@ -216,38 +224,30 @@ class ModbusSource:
     async def _discover(self, u: _Unit) -> None:
         unit = u.config.unit_id
         bases = (u.config.base_address,) if u.config.base_address is not None else BASE_CANDIDATES
-        base = None
-        for candidate in bases:
-            try:
-                if is_marker(await self._read(unit, candidate, 2)):
-                    base = candidate
-                    break
-            except _PollError as exc:
-                if exc.kind != "exception":     # silence or garbage: the device, not the base, is wrong
-                    raise
-        if base is None:
-            raise _PollError("not_sunspec", f"unit {unit}: no SunS marker at {list(bases)}")
-        chain: list[_ModelAt] = []
-        addr = base + 2
-        for _ in range(_MAX_CHAIN_MODELS):
-            # ID and L read apart: some devices do not supply L for the end model.
-            (mid,) = await self._read(unit, addr, 1)
-            if mid == END_MODEL_ID:
-                break
-            (length,) = await self._read(unit, addr + 1, 1)
-            chain.append(_ModelAt(mid, addr, length + 2))
-            addr += length + 2
-        else:
-            raise _PollError("not_sunspec", f"unit {unit}: model chain at {base} does not end")
-        if not chain or chain[0].model_id != 1:
-            raise _PollError("not_sunspec", f"unit {unit}: chain at {base} does not start with model 1")
+
+        async def read(address: int, count: int) -> list[int]:
+            return await self._read(unit, address, count)
+
+        try:
+            found = await discover(read, bases)
+        except _PollError:
+            raise                               # the walk itself failed: timeout, exception, bus gone
+        except DeviceProtocolError as exc:
+            raise _PollError("not_sunspec", f"unit {unit}: {exc.message}", hint=exc.hint) from exc
+        if found.base is None:
+            kind = "timeout" if found.silent else "not_sunspec"
+            raise _PollError(kind, f"unit {unit}: no SunS marker: {found.describe()}")
+        if found.note:
+            log.info("sunspec chain quirk bus=%s unit=%d base=%d note=%s", self.config.name, unit, found.base,
+                     found.note)
+        chain = found.chain
         common = decode_model(1, await self._read_block(unit, chain[0].address, chain[0].length))
         fallback = f"{self.config.name}-unit{unit}"
         u.device_id = u.config.name or device_id(common, fallback)
         u.health.device = u.device_id
-        u.chain = tuple(chain)
-        log.info("sunspec device found bus=%s unit=%d device=%s base=%d models=%s", self.config.name,
-                 unit, u.device_id, base, [m.model_id for m in chain])
+        u.chain = chain
+        log.info("sunspec device found bus=%s unit=%d device=%s base=%d models=%s tried=%s", self.config.name,
+                 unit, u.device_id, found.base, [m.model_id for m in chain], found.describe() or "-")
 
     async def _poll(self, u: _Unit) -> list[Reading]:
         if u.chain is None:
@@ -264,13 +264,7 @@ class ModbusSource:
                 u.chain = None                  # the map moved (firmware update?): rediscover
                 raise _PollError("not_sunspec", f"unit {u.config.unit_id}: {exc.message}") from exc
         now = self._now_ms()
-        metrics = {k: v for k, v in to_metrics(models).items() if v is not None}
-        readings = [Reading(u.device_id, now, self.source, metrics)]
-        for n, dc in string_metrics(models):
-            values = {k: v for k, v in dc.items() if v is not None}
-            if values:
-                readings.append(Reading(f"{u.device_id}/pv{n}", now, self.source, values))
-        return readings
+        return [Reading(device, now, self.source, metrics) for device, metrics in device_readings(u.device_id, models)]
 
     # ---- breaker and health -------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""SunSpec register decoding: pure functions, driven by pysunspec2's official model JSON.
+"""SunSpec register decoding and discovery: pure functions, driven by pysunspec2's official model JSON.
 
 Only the discovery rules (the ``SunS`` marker, the ``ID, L`` header, the end model ``0xFFFF``) are
 written here; every offset, type, scale-factor link and enum symbol comes from
-``sunspec2/models/json/model_<id>.json``, loaded as data. No I/O: the Modbus poller reads the
-registers, this module turns them into values.
+``sunspec2/models/json/model_<id>.json``, loaded as data. No I/O of its own: ``discover`` walks a
+device through a ``read(address, count)`` coroutine the Modbus poller gives it, the rest turns
+registers into values.
 
 Conventions:
 * A model block is the list of 16-bit registers as read from the device **starting at its ID
@@ -20,19 +21,19 @@ import json
 import math
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from importlib import resources
 from typing import Any, Final, TypeAlias
 
-from agent.errors import DeviceProtocolError
+from agent.errors import DeviceProtocolError, DeviceTimeout
 
 __all__ = [
-    "BASE_CANDIDATES", "END_MODEL_ID", "SUNS_MARKER", "SUPPORTED_MODELS", "GroupDef", "GroupValues", "ModelDef",
-    "PointDef", "Scalar", "decode_model", "device_id", "enum_symbol", "is_marker", "model_def", "string_metrics",
-    "to_metrics",
+    "BASE_CANDIDATES", "END_MODEL_ID", "SUNS_MARKER", "SUPPORTED_MODELS", "Discovery", "GroupDef", "GroupValues",
+    "ModelAt", "ModelDef", "PointDef", "Reader", "Scalar", "decode_model", "device_id", "device_readings",
+    "discover", "enum_symbol", "is_marker", "model_def", "string_metrics", "to_metrics",
 ]
 
 SUNS_MARKER: Final = (0x5375, 0x6E53)          # b"SunS"
@@ -40,9 +41,11 @@ BASE_CANDIDATES: Final = (40000, 0, 50000)     # pysunspec2's probe order (0-bas
 END_MODEL_ID: Final = 0xFFFF
 MAX_REGISTERS_PER_READ: Final = 125            # FC3 limit
 SUPPORTED_MODELS: Final = frozenset({1, 101, 102, 103, 111, 112, 113, 160, 701, 714})
+MAX_CHAIN_MODELS: Final = 64                   # a chain longer than this is garbage, not a device
 INVERTER_MODELS: Final = (103, 102, 101, 113, 112, 111)
 
 Scalar: TypeAlias = float | int | str | None
+Known: TypeAlias = float | int | str         # a Scalar that is not unknown
 GroupValues: TypeAlias = dict[str, "Scalar | list[GroupValues]"]
 
 _SIZES: Final = {
@@ -274,7 +277,8 @@ def to_metrics(models: Mapping[int, Mapping[str, object]]) -> dict[str, Scalar]:
     """Map decoded models to ``solar_panel_event`` fields (every field present, None if unknown).
 
     The first inverter model present wins (103, 102, 101, 113, 112, 111); 701/714 fill in when
-    no 10x/11x model is there. 701's ``Alrm`` is not ``Evt1`` (other bit meanings): event_flags stays None.
+    no 10x/11x model is there. 701's ``Alrm`` is not ``Evt1`` (other bit meanings): event_flags stays None;
+    its ``PF`` is a fraction (stored as percent) and its operating state is ``InvSt`` (``St`` is ON/OFF).
     """
     m: dict[str, Scalar] = dict.fromkeys((
         "ac_power_w", "ac_energy_wh", "ac_voltage_v", "ac_current_a", "ac_frequency_hz",
@@ -289,16 +293,22 @@ def to_metrics(models: Mapping[int, Mapping[str, object]]) -> dict[str, Scalar]:
                              ("dc_power_w", "DCW"), ("dc_voltage_v", "DCV"), ("dc_current_a", "DCA"),
                              ("temperature_c", "TmpCab"), ("event_flags", "Evt1")):
             m[field] = _num(inv.get(point))
-        m["operating_state"] = enum_symbol(inv_id, "St", inv.get("St"))
+        # 111-113 share the St enum of 101-103; model_111.json (pysunspec2 1.3.7) spells every symbol with
+        # a stray "gg" prefix (ggMPPT), so the integer twin's symbols are used for all of them.
+        m["operating_state"] = enum_symbol(inv_id - 10 if inv_id > 110 else inv_id, "St", inv.get("St"))
     elif 701 in models:
         ac = models[701]
         for field, point in (("ac_power_w", "W"), ("ac_energy_wh", "TotWhInj"), ("ac_current_a", "A"),
                              ("ac_frequency_hz", "Hz"), ("ac_apparent_power_va", "VA"),
-                             ("ac_reactive_power_var", "Var"), ("power_factor_pct", "PF"),
-                             ("temperature_c", "TmpCab")):
+                             ("ac_reactive_power_var", "Var"), ("temperature_c", "TmpCab")):
             m[field] = _num(ac.get(point))
+        # 701's PF has no unit: a -1..1 fraction (the 10x models' PF is in percent).
+        pf = _num(ac.get("PF"))
+        m["power_factor_pct"] = None if pf is None else float(Decimal(str(pf)) * 100)
         m["ac_voltage_v"] = _num(ac.get("LNV")) if ac.get("LNV") is not None else _num(ac.get("VL1"))
-        m["operating_state"] = enum_symbol(701, "St", ac.get("St"))
+        # 701's St is only OFF/ON (connected or not); the inverter's operating state is InvSt.
+        state = ("InvSt", ac.get("InvSt")) if ac.get("InvSt") is not None else ("St", ac.get("St"))
+        m["operating_state"] = enum_symbol(701, *state)
     if m["dc_power_w"] is None and m["dc_current_a"] is None and 714 in models:
         dc = models[714]
         m["dc_power_w"] = _num(dc.get("DCW"))
@@ -318,3 +328,114 @@ def string_metrics(models: Mapping[int, Mapping[str, object]]) -> list[tuple[int
                          "dc_power_w": _num(it.get("DCW"))})
                     for n, it in enumerate(items, start=1)]
     return []
+
+
+def device_readings(device: str, models: Mapping[int, Mapping[str, object]]) -> list[tuple[str, dict[str, Known]]]:
+    """The readings of one poll: ``(device, metrics)`` then ``(device/pv<n>, metrics)`` per string.
+
+    Unknown values (None) are left out; a string whose values are all unknown is no reading.
+    """
+    out: list[tuple[str, dict[str, Known]]] = [
+        (device, {k: v for k, v in to_metrics(models).items() if v is not None})]
+    for n, dc in string_metrics(models):
+        values = {k: v for k, v in dc.items() if v is not None}
+        if values:
+            out.append((f"{device}/pv{n}", values))
+    return out
+
+
+# ---- discovery ------------------------------------------------------------------------------
+
+Reader = Callable[[int, int], Awaitable[list[int]]]
+"""``await read(address, count)``: holding registers, or DeviceTimeout (no answer) / DeviceProtocolError
+(a Modbus exception or a garbled answer). Any other error (the bus is gone) ends the discovery."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAt:
+    """A model in a device's chain: its ID, the address of its ID register, its length incl. ID and L."""
+
+    model_id: int
+    address: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What a SunSpec discovery found: the base and model chain, or why not.
+
+    ``tried``: every base probed before the marker was found (all of them when it was not), with what it
+    answered, so a failed discovery can name each address and its answer.
+    """
+
+    base: int | None
+    chain: tuple[ModelAt, ...]
+    tried: tuple[tuple[int, str], ...]
+    note: str = ""                      # a quirk discovery worked around (e.g. the chain's end marker)
+
+    @property
+    def silent(self) -> bool:
+        """True when no base answered at all: the device, not the base address, is the problem."""
+        return self.base is None and all(answer.startswith("no answer") for _, answer in self.tried)
+
+    def describe(self) -> str:
+        """``40000: no answer (timeout); 0: Modbus exception 2 ...; 50000: answered 0x0000 0x0000 (not SunS)``"""
+        return "; ".join(f"{address}: {answer}" for address, answer in self.tried)
+
+
+async def discover(read: Reader, bases: Sequence[int]) -> Discovery:
+    """Find ``SunS`` at the first of ``bases`` that has it and walk the model chain.
+
+    Every base is probed in turn, whatever the previous one answered: a unit may be silent at 40000 and
+    have its map at 0 or 50000 (pysunspec2's ``scan`` does the same). The chain ends at ``0xFFFF``, at
+    ``0x0000`` (no model has ID 0: a KOSTAL quirk, sunspec/models issue #44, ends the chain with one
+    0x0000 register and refuses any read past it), or at a Modbus exception where the next ID should be.
+    Raises DeviceProtocolError when the chain found is not SunSpec (no model 1 first, no end);
+    DeviceTimeout and DeviceProtocolError from ``read`` during the walk propagate.
+    """
+    tried: list[tuple[int, str]] = []
+    base = None
+    for candidate in bases:
+        try:
+            regs = await read(candidate, 2)
+        except DeviceTimeout:
+            tried.append((candidate, "no answer (timeout)"))
+            continue
+        except DeviceProtocolError as exc:
+            tried.append((candidate, exc.message))
+            continue
+        if is_marker(regs):
+            base = candidate
+            break
+        shown = " ".join(f"0x{r & 0xFFFF:04X}" for r in regs[:2])
+        tried.append((candidate, f"answered {shown} (not SunS)"))
+    if base is None:
+        return Discovery(None, (), tuple(tried))
+    chain: list[ModelAt] = []
+    note = ""
+    addr = base + 2
+    for _ in range(MAX_CHAIN_MODELS):
+        try:
+            # ID and L read apart: some devices do not supply L for the end model.
+            (mid,) = await read(addr, 1)
+        except DeviceProtocolError as exc:
+            if not chain:
+                raise
+            note = f"chain ends at {addr} with an exception instead of 0xFFFF ({exc.message})"
+            break
+        if mid == END_MODEL_ID:
+            break
+        if mid == 0:
+            note = f"chain ends at {addr} with 0x0000 instead of 0xFFFF"
+            break
+        (length,) = await read(addr + 1, 1)
+        chain.append(ModelAt(mid, addr, length + 2))
+        addr += length + 2
+    else:
+        raise DeviceProtocolError(f"model chain at {base} does not end after {MAX_CHAIN_MODELS} models",
+                                  hint="not a SunSpec map: set base_address, or check the unit id")
+    if not chain or chain[0].model_id != 1:
+        first = chain[0].model_id if chain else None
+        raise DeviceProtocolError(f"chain at {base} does not start with model 1 (starts with {first})",
+                                  hint="not a SunSpec map: set base_address, or check the unit id")
+    return Discovery(base, tuple(chain), tuple(tried), note)

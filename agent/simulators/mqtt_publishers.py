@@ -1,22 +1,26 @@
-"""MQTT device simulators: publish what OpenDTU, a Victron GX, SolarAssistant, Tasmota, Shelly and
-a generic JSON logger put on a broker, with values from a deterministic PV curve.
+"""MQTT device simulators: publish what OpenDTU, a Victron GX, SolarAssistant, Tasmota, Shelly and a
+generic JSON logger put on a broker, replayed from the device corpus (``tests/cases/mqtt``).
+
+Each profile has a template case in the corpus (``SIM_CASES``: one publish round of one device, in the
+firmware's order and formatting, derived from its source and checked against the decoders by
+``tests/sources/test_profiles.py``). A simulated cycle replays that case with the device's identity
+(serial, prefix, topic, instance) replaced by each simulated device and the device's clock fields
+(OpenDTU ``status/last_update``, Shelly ``params.ts``, the generic ``ts``) moved to the cycle's time. The
+readings to expect are the case's ``expected.jsonl`` with the same substitutions: no second belief.
 
 An independent test peer: it shares nothing with ``agent.sources`` (a peer that reuses the code it
-tests agrees with its bugs). ``expected`` values are computed here, in schema units, from the same
-numbers that were published, so a test can compare what the agent stored with what was sent.
-
-``messages(profile, device, t_s)`` is the pure part; ``MqttPublisher`` puts it on a broker (QoS 1,
-OpenDTU retained like the firmware default).
+tests agrees with its bugs). ``messages(profile, device, t_s)`` is the pure part; ``MqttPublisher`` puts
+it on a broker (QoS 1 so the tests can watch acks; OpenDTU retained like the firmware default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -24,8 +28,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.simulators.corpus import BASE_MS, MqttCase, mqtt_case
+
 PROFILES: Final = ("opendtu", "victron", "solarassistant", "tasmota", "shelly", "generic")
+# The template case replayed for each profile (tests/cases/mqtt/<profile>/<case>/).
+SIM_CASES: Final = {"opendtu": "sim_hm800_round", "victron": "sim_pvinverter", "solarassistant": "sim_inverter",
+                    "tasmota": "sim_pow_sensor", "shelly": "sim_plug_notify", "generic": "sim_telemetry"}
+# Constants of the templates that a subscriber's config must name (checked when a template is loaded).
 PORTAL_ID: Final = "c0619ab1e2f3"
+GENERIC_FIELDS: Final = (("ac_power_w", "W"), ("ac_energy_wh", "WH"), ("ac_voltage_v", "V"))
+_CASE_FEED: Final = "case"              # the feed name the corpus runner uses (SolarAssistant device ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,90 +56,107 @@ class Expected:
     metrics: dict[str, float | str | None]
 
 
-def pv_power(t_s: float, peak_w: float, seed: int = 0) -> float:
-    """A clear-sky-ish day curve (06:00-18:00 UTC) with a small deterministic ripple."""
-    hour = (t_s % 86400) / 3600.0
-    sun = max(0.0, math.sin(math.pi * (hour - 6.0) / 12.0))
-    ripple = 1.0 + 0.03 * math.sin(t_s / 37.0 + seed)
-    return round(peak_w * sun * ripple, 1)
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """How to turn a profile's template case into any device's cycle."""
+
+    identity: str                                   # the template device's id in topics and payloads
+    level: Callable[[list[str]], int]               # which topic level holds the identity (-1: by value)
+    device_clock: bool                              # readings carry the device's time (else receive time)
+    retain: bool = False
 
 
-def _seed(device: str) -> int:
-    return sum(device.encode()) % 97
+_TEMPLATES: Final[dict[str, _Template]] = {
+    # OpenDTU: <base><serial>/...; the serial is found by value (see _topic), whatever the base's depth.
+    "opendtu": _Template("114182912345", lambda lv: -1, True, retain=True),
+    "victron": _Template("20", lambda lv: 3, False),
+    "solarassistant": _Template("inverter_1", lambda lv: 1, False),
+    "tasmota": _Template("tasmota_5A9AE8", lambda lv: 1, False),
+    "shelly": _Template("shellyplusplugs-e86beae1a0b8", lambda lv: 0, True),
+    "generic": _Template("inv1", lambda lv: 1, True),
+}
 
 
-def messages(profile: str, device: str, t_s: int) -> tuple[list[Message], list[Expected]]:
-    """One publish cycle of one device at unix second ``t_s`` and the readings it should yield."""
-    s = _seed(device)
-    p = max(pv_power(t_s, 800.0, s), 12.5)   # never exactly zero: keeps every field present
-    v = round(230.0 + (s % 7) * 0.3, 1)
-    i = round(p / v, 3)
-    f = 50.0 + (s % 3) / 100
-    total_kwh = round(1000 + s + (t_s % 100_000) / 1000, 3)
-    if profile == "opendtu":
-        dc1, dc2 = round(p * 0.52, 1), round(p * 0.5, 1)
-        base = f"solar/{device}"
-        msgs = [
-            (f"{base}/name", f"Inverter {device[-4:]}"), (f"{base}/status/reachable", "1"),
-            (f"{base}/status/producing", "1"), (f"{base}/status/last_update", str(t_s)),
-            (f"{base}/0/power", f"{p:.1f}"), (f"{base}/0/voltage", f"{v:.1f}"), (f"{base}/0/current", f"{i:.3f}"),
-            (f"{base}/0/frequency", f"{f:.2f}"), (f"{base}/0/powerdc", f"{dc1 + dc2:.1f}"),
-            (f"{base}/0/temperature", "38.5"), (f"{base}/0/yieldday", "1850"),
-            (f"{base}/0/yieldtotal", f"{total_kwh:.3f}"), (f"{base}/0/powerfactor", "0.998"),
-            (f"{base}/1/power", f"{dc1:.1f}"), (f"{base}/1/voltage", "33.1"), (f"{base}/1/current", "6.49"),
-            (f"{base}/2/power", f"{dc2:.1f}"), (f"{base}/2/voltage", "32.8"), (f"{base}/2/current", "6.1"),
-        ]
-        exp = [
-            Expected(device, t_s * 1000, {
-                "ac_power_w": p, "ac_voltage_v": v, "ac_current_a": i, "ac_frequency_hz": round(f, 2),
-                "dc_power_w": round(dc1 + dc2, 1), "temperature_c": 38.5, "ac_energy_today_wh": 1850.0,
-                "ac_energy_wh": round(total_kwh * 1000, 3), "power_factor_pct": 99.8}),
-            Expected(f"{device}/pv1", t_s * 1000, {"dc_power_w": dc1, "dc_voltage_v": 33.1, "dc_current_a": 6.49}),
-            Expected(f"{device}/pv2", t_s * 1000, {"dc_power_w": dc2, "dc_voltage_v": 32.8, "dc_current_a": 6.1}),
-        ]
-        return [Message(t, pl.encode(), retain=True) for t, pl in msgs], exp
-    if profile == "victron":
-        base = f"N/{PORTAL_ID}/pvinverter/{device}"
-        vals = {"Ac/Power": p, "Ac/L1/Voltage": v, "Ac/L1/Current": i, "Ac/Energy/Forward": total_kwh}
-        msgs2 = [Message(f"{base}/{k}", json.dumps({"value": x}).encode()) for k, x in vals.items()]
-        msgs2.append(Message(f"{base}/ProductId", b'{"value": 41284}'))
-        return msgs2, [Expected(f"{PORTAL_ID}/pvinverter/{device}", None, {
-            "ac_power_w": p, "ac_voltage_v": v, "ac_current_a": i, "ac_energy_wh": round(total_kwh * 1000, 3)})]
-    if profile == "solarassistant":
-        base = f"solar_assistant/{device}"
-        load = round(300 + s * 3.0, 1)
-        grid = round(load - p, 1)
-        msgs = [(f"{base}/pv_power/state", f"{p}"), (f"{base}/load_power/state", f"{load}"),
-                (f"{base}/grid_power/state", f"{grid}"), (f"{base}/grid_voltage/state", f"{v}"),
-                (f"{base}/device_mode/state", "Solar/Battery"), (f"{base}/temperature/state", "41.0")]
-        return [Message(t, pl.encode()) for t, pl in msgs], [Expected(device, None, {
-            "dc_power_w": p, "load_power_w": load, "grid_power_w": grid, "ac_voltage_v": v,
-            "operating_state": "Solar/Battery", "temperature_c": 41.0})]
-    if profile == "tasmota":
-        doc = {"Time": "2024-06-01T12:00:00", "ENERGY": {
-            "TotalStartTime": "2022-03-20T15:20:48", "Total": total_kwh, "Yesterday": 1.495, "Today": 0.537,
-            "Power": p, "ApparentPower": round(p * 1.1, 1), "ReactivePower": 73, "Factor": 0.91,
-            "Voltage": v, "Current": i}}
-        return [Message(f"tele/{device}/SENSOR", json.dumps(doc).encode())], [Expected(device, None, {
-            "ac_energy_wh": round(total_kwh * 1000, 3), "ac_energy_today_wh": 537.0, "ac_power_w": p,
-            "ac_apparent_power_va": round(p * 1.1, 1), "ac_reactive_power_var": 73.0, "power_factor_pct": 91.0,
-            "ac_voltage_v": v, "ac_current_a": i})]
-    if profile == "shelly":
-        frame = {"src": device, "dst": f"{device}/events", "method": "NotifyStatus", "params": {
-            "ts": t_s + 0.25, "em:0": {"id": 0, "total_act_power": -p, "total_current": i, "a_voltage": v,
-                                      "a_pf": -0.97, "a_freq": 50.0}}}
-        return [Message(f"{device}/events/rpc", json.dumps(frame).encode())], [Expected(device, t_s * 1000 + 250, {
-            "ac_power_w": -p, "ac_current_a": i, "ac_voltage_v": v, "power_factor_pct": -97.0,
-            "ac_frequency_hz": 50.0})]
+def _template(profile: str) -> MqttCase:
+    if profile not in SIM_CASES:
+        raise ValueError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
+    case = mqtt_case(profile, SIM_CASES[profile])
+    if profile == "victron" and not all(f"/{PORTAL_ID}/" in f"/{t}/" for _, t, _ in case.messages):
+        raise ValueError(f"victron template {case.name} does not use portal id {PORTAL_ID}")
     if profile == "generic":
-        doc2 = {"ts": t_s, "dev": device, "W": p, "WH": round(total_kwh * 1000, 1), "V": v}
-        return [Message(f"site/{device}/telemetry", json.dumps(doc2).encode())], [Expected(device, t_s * 1000, {
-            "ac_power_w": p, "ac_energy_wh": round(total_kwh * 1000, 1), "ac_voltage_v": v})]
-    raise ValueError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
+        fields = tuple(tuple(f) for f in case.config.get("fields", ()))
+        if fields != GENERIC_FIELDS:
+            raise ValueError(f"generic template {case.name} maps {fields}, GENERIC_FIELDS says {GENERIC_FIELDS}")
+    return case
 
 
-# Config a generic-profile source needs to read what ``messages("generic", ...)`` publishes.
-GENERIC_FIELDS: Final = (("ac_power_w", "W"), ("ac_energy_wh", "WH"), ("ac_voltage_v", "V"))
+def _topic(profile: str, topic: str, device: str) -> str:
+    tpl = _TEMPLATES[profile]
+    if profile == "shelly":
+        return topic.replace(tpl.identity, device, 1) if topic.startswith(tpl.identity + "/") else topic
+    levels = topic.split("/")
+    if profile == "opendtu":
+        # OpenDTU: <base><serial>/<...>; the serial level is the one equal to the template's serial.
+        return "/".join(device if lv == tpl.identity else lv for lv in levels)
+    i = tpl.level(levels)
+    if 0 <= i < len(levels) and levels[i] == tpl.identity:
+        levels[i] = device
+    return "/".join(levels)
+
+
+def _shift_s(value: float, t_s: int) -> float:
+    return round(value - BASE_MS / 1000 + t_s, 3)
+
+
+def _payload(profile: str, topic: str, payload: bytes, device: str, t_s: int) -> bytes:
+    """The template payload with the device's identity and clock moved to this device and cycle."""
+    tpl = _TEMPLATES[profile]
+    if profile == "opendtu" and topic.endswith("/status/last_update"):
+        return str(int(_shift_s(float(payload), t_s))).encode()
+    if profile == "victron" and topic.endswith("/full_publish_completed"):
+        return json.dumps({"value": t_s}).encode()
+    if profile not in ("shelly", "generic", "tasmota"):
+        return payload
+    doc: Any = json.loads(payload)
+    if profile == "shelly":
+        doc["src"] = device
+        doc["dst"] = f"{device}/events"
+        doc["params"]["ts"] = _shift_s(float(doc["params"]["ts"]), t_s)
+    elif profile == "generic":
+        doc["ts"] = int(_shift_s(float(doc["ts"]), t_s))
+        if doc.get("dev") == tpl.identity:
+            doc["dev"] = device
+    else:   # tasmota: Time is the device's local clock without a zone; the template's is replaced by now
+        doc["Time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_s))
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _device_id(profile: str, template_id: str, device: str, feed: str) -> str:
+    tpl = _TEMPLATES[profile]
+    if profile == "victron":
+        parts = template_id.split("/")
+        parts[2] = device
+        return "/".join(parts)
+    if profile == "solarassistant":
+        _, _, rest = template_id.partition("/")
+        return f"{feed}/{rest.replace(tpl.identity, device, 1)}"
+    return template_id.replace(tpl.identity, device, 1)
+
+
+def messages(profile: str, device: str, t_s: int, *, feed: str = _CASE_FEED) -> tuple[list[Message], list[Expected]]:
+    """One publish cycle of one device at unix second ``t_s`` and the readings it should yield.
+
+    ``feed``: the subscriber's feed name (SolarAssistant device ids are ``<feed>/<device>``).
+    """
+    case = _template(profile)
+    tpl = _TEMPLATES[profile]
+    msgs = [Message(_topic(profile, topic, device), _payload(profile, topic, payload, device, t_s), tpl.retain)
+            for _, topic, payload in case.messages]
+    exp = [Expected(_device_id(profile, e["device_id"], device, feed),
+                    t_s * 1000 + (int(e["time_ms"]) - BASE_MS) if tpl.device_clock else None,
+                    dict(e["metrics"]))
+           for e in case.expected]
+    return msgs, exp
 
 
 @dataclass
@@ -139,6 +168,7 @@ class MqttPublisher:
     devices: tuple[str, ...]
     interval_seconds: float = 5.0
     client_id: str = ""
+    feed: str = _CASE_FEED              # the subscriber's feed name, for SolarAssistant device ids
     messages_sent: list[Message] = field(default_factory=list)
     _expected: list[Expected] = field(default_factory=list)
     _client: paho.Client | None = None
@@ -192,7 +222,7 @@ class MqttPublisher:
         out: list[Message] = []
         exp: list[Expected] = []
         for dev in self.devices:
-            m, e = messages(self.profile, dev, t_s)
+            m, e = messages(self.profile, dev, t_s, feed=self.feed)
             out += m
             exp += e
         await self.publish(out)

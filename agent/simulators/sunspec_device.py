@@ -10,6 +10,12 @@ address. Values follow a deterministic daily PV curve (seed + the clock you pass
 counter only rises. ``expected(unit)`` returns the engineering values last served, quantised
 exactly as on the wire, so a test compares decoded readings with them for equality.
 
+Corpus units: ``corpus={unit: case}`` serves a device case of ``tests/cases/sunspec/<case>/device.json``
+as it is, on that unit id: its register blocks (any read outside them is answered with exception 2, like a
+real device's illegal address), and its ``silent`` ranges, where a read gets no answer at all. So the
+Modbus source meets the corpus's real shapes (a Kostal chain ending in one 0x0000, SunS at 0 behind a
+silent 40000, 701/714 DER inverters) on a real wire; ``case_expected(unit)`` is what a poll must yield.
+
 Faults: ``dead_units`` never answer (their responses are dropped in pymodbus's ``trace_packet``
 hook: pymodbus itself would answer an unknown id with an exception, which no RS-485 inverter
 does); ``inject_exception(unit, code)`` answers the next request(s) with a Modbus exception;
@@ -35,6 +41,8 @@ from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from agent.simulators.corpus import SunSpecCase, sunspec_case
 
 __all__ = ["SunSpecSimulator", "UnitState"]
 
@@ -93,14 +101,16 @@ class SunSpecSimulator:
         unimplemented: point names left at their sentinel (e.g. ``{"Hz"}``, or ``{"V_SF"}``).
         dead_units: unit ids that are silent (timeouts); change later with ``set_dead``.
         rated_power_w: peak AC power of the curve.
+        corpus: unit id -> name of a SunSpec device case to serve on that unit, as it is.
     """
 
     def __init__(self, unit_ids: Iterable[int] = (1,), *, base_address: int = 40000,
                  float_model: bool = False, seed: int = 0, clock: Callable[[], float] = time.time,
                  unimplemented: Iterable[str] = (), dead_units: Iterable[int] = (),
                  rated_power_w: float = 10_000.0, manufacturer: str = "SunSpecSim",
-                 model_name: str = "SIM-10K-3P") -> None:
-        self.unit_ids = tuple(unit_ids)
+                 model_name: str = "SIM-10K-3P", corpus: Mapping[int, str] | None = None) -> None:
+        self.cases: dict[int, SunSpecCase] = {u: sunspec_case(name) for u, name in (corpus or {}).items()}
+        self.unit_ids = (*unit_ids, *self.cases)
         self.dead_units = set(dead_units)
         self.base_address = base_address
         self.float_model = float_model
@@ -116,6 +126,7 @@ class SunSpecSimulator:
         self._units = {u: UnitState(u, {}) for u in (*self.unit_ids, *self.dead_units)}
         self._exceptions: dict[int, list[int]] = {}
         self._corrupt: dict[int, int] = {}
+        self._mute: set[int] = set()            # corpus units whose request hit a silent range
 
     # ---- values -------------------------------------------------------------------------
 
@@ -168,6 +179,10 @@ class SunSpecSimulator:
             return self.values_at(unit, at)
         return dict(self._units[unit].served)
 
+    def case_expected(self, unit: int) -> list[tuple[str, dict[str, Value]]]:
+        """``(device_id, metrics)`` a poll of corpus unit ``unit`` must yield (its case's expected.jsonl)."""
+        return [(str(e["device_id"]), dict(e["metrics"])) for e in self.cases[unit].expected]
+
     def reads(self, unit: int) -> int:
         """Read requests this unit has processed (dead units count too: they heard the frame)."""
         return self._units[unit].reads
@@ -219,7 +234,28 @@ class SunSpecSimulator:
         self._units[unit].served = values
         return [*_SUNS, *common, *inverter, 0xFFFF, 0], 2 + len(common)
 
+    def _corpus_device(self, unit: int) -> SimDevice:
+        case = self.cases[unit]
+        blocks = [(int(b["address"]), [int(r) for r in b["registers"]]) for b in case.device["blocks"]]
+        silent = [(int(lo), int(hi)) for lo, hi in case.device.get("silent", [])]
+        # A silent range needs registers behind it, or pymodbus would answer "illegal address" before the
+        # action could mute the answer.
+        blocks += [(lo, [0] * (hi - lo)) for lo, hi in silent]
+
+        async def action(function_code: int, start_address: int, address: int, count: int,
+                         registers: list[int], set_values: object) -> ExcCodes | None:
+            self._units[unit].reads += 1
+            if any(lo <= address < hi for lo, hi in silent):
+                self._mute.add(unit)
+            queued = self._exceptions.get(unit)
+            return ExcCodes(queued.pop(0)) if queued else None
+
+        return SimDevice(id=unit, simdata=[SimData(a, values=regs, datatype=DataType.REGISTERS)
+                                           for a, regs in sorted(blocks)], action=action)
+
     def _device(self, unit: int) -> SimDevice:
+        if unit in self.cases:
+            return self._corpus_device(unit)
         regs, inv_offset = self._image(unit)
 
         async def action(function_code: int, start_address: int, address: int, count: int,
@@ -247,6 +283,9 @@ class SunSpecSimulator:
             unit = data[0] if framer == FramerType.RTU else (data[6] if len(data) > 6 else -1)
             if unit in self.dead_units or unit not in self._units:
                 return b""          # a silent unit: the master times out, as on a real bus
+            if unit in self._mute:
+                self._mute.discard(unit)
+                return b""          # a corpus unit's silent address range
             if self._corrupt.get(unit, 0) > 0:
                 self._corrupt[unit] -= 1
                 pos = len(data) // 2

@@ -6,15 +6,19 @@ simulator serves it with (an address outside the blocks is exception 2, a ``sile
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.errors import DeviceProtocolError, DeviceTimeout
 from agent.sources import sunspec
+from tests.fuzz import examples
 
 CASES = Path(__file__).parent.parent / "cases" / "sunspec"
 
@@ -74,3 +78,28 @@ async def test_readings(case: Path) -> None:
     got = [{"device_id": d, "metrics": m} for d, m in sunspec.device_readings(sunspec.device_id(common), models)]
     expected = [json.loads(line) for line in (case / "expected.jsonl").read_text().splitlines()]
     assert got == expected
+
+
+REG = st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0, 1, 0xFFFF, 0x5375, 0x6E53, 66, 50, 103]))
+
+
+@pytest.mark.fuzz
+@settings(max_examples=examples(200), deadline=None)
+@given(blocks=st.lists(st.tuples(st.sampled_from([0, 40000, 50000, 40002, 40070]),
+                                 st.lists(REG, min_size=0, max_size=140)), max_size=3),
+       silent=st.lists(st.sampled_from([(40000, 40125), (0, 10), (50000, 50070)]), max_size=2))
+def test_discovery_of_any_register_map_ends(blocks: list[tuple[int, list[int]]], silent: list[tuple[int, int]]) -> None:
+    """Any map: a Discovery, or DeviceTimeout/DeviceProtocolError; never a hang or another exception."""
+    device = {"blocks": [{"address": a, "registers": r} for a, r in blocks], "silent": [list(s) for s in silent]}
+
+    async def run() -> None:
+        try:
+            found = await sunspec.discover(reader(device), sunspec.BASE_CANDIDATES)
+        except (DeviceTimeout, DeviceProtocolError):
+            return
+        if found.base is None:
+            assert len(found.tried) == len(sunspec.BASE_CANDIDATES) and found.describe()
+        else:
+            assert found.chain[0].model_id == 1 and len(found.chain) <= sunspec.MAX_CHAIN_MODELS
+
+    asyncio.run(run())

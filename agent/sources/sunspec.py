@@ -279,6 +279,10 @@ def to_metrics(models: Mapping[int, Mapping[str, object]]) -> dict[str, Scalar]:
     The first inverter model present wins (103, 102, 101, 113, 112, 111); 701/714 fill in when
     no 10x/11x model is there. 701's ``Alrm`` is not ``Evt1`` (other bit meanings): event_flags stays None;
     its ``PF`` is a fraction (stored as percent) and its operating state is ``InvSt`` (``St`` is ON/OFF).
+    An inverter's reading holds its totals and its reference voltage (``PhVphA``, the mandatory voltage
+    point of 101-103; 701's ``LNV``). Its per-phase points (``AphA..C``, ``WL1..3``) are not emitted as
+    phase readings: an inverter's phases are balanced by design, unlike a meter's, and three more rows
+    per poll would carry little.
     """
     m: dict[str, Scalar] = dict.fromkeys((
         "ac_power_w", "ac_energy_wh", "ac_voltage_v", "ac_current_a", "ac_frequency_hz",

@@ -74,6 +74,28 @@ _SQLITE_IOERR: Final = 10
 # Distinct rejected inputs kept (newest first): enough to see every kind of garbage a site sends,
 # bounded so a device spewing unique garbage cannot grow the file.
 REJECTED_INPUTS_CAP: Final = 1000
+# The WAL file stays at most this large after a checkpoint (SQLite's journal_size_limit): a surge
+# (a bulk lease, a salvage) must not keep its WAL's disk space for ever on a small SD card.
+WAL_SIZE_LIMIT_BYTES: Final = 8 * 1024 * 1024
+# What a commit of N payload bytes may cost on disk before the next checkpoint: the WAL holds every
+# page the transaction wrote (table, index and freelist pages, the totals row, frame headers):
+# measured 3 to 6 times the payload for 20-record appends (with drop_oldest deleting as much); then
+# the main file grows by the new pages at the checkpoint. Judging the free-space floor by the
+# payload alone let the WAL eat the floor (issue #12). Overestimating only drops a little earlier.
+_DISK_COST_FACTOR: Final = 8
+# Closer than this to the floor, appends checkpoint the WAL before measuring (twice SQLite's
+# default auto-checkpoint of 1000 pages of 4 KiB: what the WAL can hold that the main file lacks).
+_CHECKPOINT_MARGIN_BYTES: Final = 2 * 1000 * 4096
+_DISK_COST_OVERHEAD: Final = 16 * 4096
+
+
+def _disk_cost(payload_bytes: int) -> int:
+    return payload_bytes * _DISK_COST_FACTOR + _DISK_COST_OVERHEAD
+
+
+def _statvfs_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def _wall_ms() -> int:
@@ -113,10 +135,13 @@ class Outbox:
     Args:
         config: path, synchronous level, byte cap, free-space floor and full policy.
         now_ms: wall clock in epoch milliseconds; tests inject their own.
+        disk_free: free bytes of the file system holding a directory (statvfs; tests give a small disk).
     """
 
-    def __init__(self, config: OutboxConfig, *, now_ms: Callable[[], int] = _wall_ms) -> None:
+    def __init__(self, config: OutboxConfig, *, now_ms: Callable[[], int] = _wall_ms,
+                 disk_free: Callable[[Path], int] = _statvfs_free) -> None:
         self._config = config
+        self._disk_free = disk_free
         self._path = Path(config.path)
         self._now_ms = now_ms
         self._sync_full = config.synchronous == "full"
@@ -459,6 +484,7 @@ class Outbox:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self._sync_full else 'NORMAL'}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             _schema.migrate(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -567,8 +593,8 @@ class Outbox:
             return [OutboxError("outbox is not open")] * len(items)
         results: list[Any] = []
         try:
+            free = self._t_free_after_checkpoint()
             with self._tx() as conn:
-                free = self._free_bytes()
                 for records in items:
                     try:
                         res = self._t_append_one(conn, records, free)
@@ -577,7 +603,11 @@ class Outbox:
                         continue
                     results.append(res)
                     if free is not None:
-                        free -= sum(len(r.payload) for r in records)
+                        free -= _disk_cost(sum(len(r.payload) for r in records))
+            if free is not None and free < self._config.min_free_bytes + _CHECKPOINT_MARGIN_BYTES:
+                # Near the floor the WAL gives its space back after every commit: what stays on the
+                # disk is the main file, whose pages the drops free for the next rows.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             return [self._translate(exc)] * len(items)
         self.append_commits += 1
@@ -586,15 +616,34 @@ class Outbox:
     def _free_bytes(self) -> int | None:
         if self._config.min_free_bytes <= 0:
             return None
-        st = os.statvfs(self._path.parent)
-        return st.f_bavail * st.f_frsize
+        return self._disk_free(self._path.parent)
+
+    def _t_free_after_checkpoint(self) -> int | None:
+        """Free bytes, measured after moving the WAL into the main file when the floor is near.
+
+        Between checkpoints the WAL holds pages the main file will also need at the next checkpoint,
+        so near the floor a measurement must come after one (TRUNCATE also gives the WAL's space
+        back). Far from the floor this costs nothing: no checkpoint is forced.
+        """
+        free = self._free_bytes()
+        if free is None or free >= self._config.min_free_bytes + _CHECKPOINT_MARGIN_BYTES:
+            return free
+        # (While a commit runs, its own WAL frames may dip below the floor by that commit's size;
+        # the checkpoint after it gives them back.)
+        assert self._conn is not None
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self._free_bytes()
+
+    def _below_floor(self, free: int | None, incoming: int) -> bool:
+        """Would committing ``incoming`` payload bytes take the disk below ``min_free_bytes``?"""
+        return free is not None and free < self._config.min_free_bytes + _disk_cost(incoming)
 
     def _t_append_one(self, conn: sqlite3.Connection, records: list[EncodedRecord], free: int | None) -> AppendResult:
         incoming = sum(len(r.payload) for r in records)
         cfg = self._config
         deficit = self._t.bytes + incoming - cfg.max_bytes
         why = "max_bytes"
-        if free is not None and free < cfg.min_free_bytes + incoming and incoming > deficit:
+        if self._below_floor(free, incoming) and incoming > deficit:
             # Deleting rows frees pages inside the file, not on disk: drop as much as we add, so
             # the new rows reuse those pages and the file stops growing.
             deficit, why = incoming, "min_free_bytes"
@@ -618,10 +667,7 @@ class Outbox:
         return AppendResult(n, len(records) - n, dropped)
 
     def _t_make_room(self, conn: sqlite3.Connection, deficit: int, incoming_rows: int, why: str) -> int:
-        hint_full = (
-            f"raise outbox.{why} or free disk space under {self._path.parent}; "
-            "check the Data Cloud connection (`solar-agent status`)"
-        )
+        hint_full = _full_hint(why, self._path.parent)
         if self._config.when_full == "reject_new":
             log.warning("outbox full, rejecting new records path=%s limit=%s rows=%d queued_bytes=%d hint=%s",
                         self._path, why, incoming_rows, self._t.bytes, hint_full)
@@ -815,11 +861,11 @@ class Outbox:
         incoming = sum(len(r[2]) for r in rows)
         cfg = self._config
         now = self._now_ms()
+        free = self._t_free_after_checkpoint()
         with self._tx() as conn:
             deficit = self._t.bytes + self._t.held_bytes + incoming - cfg.max_bytes
             why = "max_bytes"
-            free = self._free_bytes()
-            if free is not None and free < cfg.min_free_bytes + incoming and incoming > deficit:
+            if self._below_floor(free, incoming) and incoming > deficit:
                 deficit, why = incoming, "min_free_bytes"   # as in append: reuse the freed pages
             if deficit > 0:
                 self._t_drop_held(conn, deficit, len(rows), why)
@@ -829,11 +875,13 @@ class Outbox:
             )
             self._t.held += len(rows)
             self._t.held_bytes += incoming
+        if free is not None and free < cfg.min_free_bytes + _CHECKPOINT_MARGIN_BYTES:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # as in append: near the floor
         return len(rows)
 
     def _t_drop_held(self, conn: sqlite3.Connection, deficit: int, incoming_rows: int, why: str) -> None:
-        hint = (f"raise outbox.{why} or free disk space under {self._path.parent}; the clock has not "
-                "synchronised for a long time: check `timedatectl timesync-status` and that UDP 123 is reachable")
+        hint = ("the clock has not synchronised for a long time: check `timedatectl timesync-status` and that "
+                "UDP 123 is reachable; " + _full_hint(why, self._path.parent))
         if self._config.when_full == "reject_new":
             log.warning("outbox full, rejecting new held readings path=%s limit=%s rows=%d hint=%s",
                         self._path, why, incoming_rows, hint)
@@ -991,6 +1039,16 @@ class Outbox:
     def _t_delete_job(self, lease_id: int) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM bulk_jobs WHERE lease_id = ?", (lease_id,))
+
+
+def _full_hint(why: str, where: Path) -> str:
+    # What helps: delivering (the backlog leaves), then room. Raising min_free_bytes would drop more.
+    first = "restore delivery (`solar-agent status`: lanes, health)"
+    if why == "min_free_bytes":
+        return (f"{first}; free disk space under {where} (journalctl --vacuum-size, old files); "
+                "outbox.min_free_bytes is the space kept free for the system: lowering it keeps more readings, "
+                "raising it drops more")
+    return f"{first}; raise outbox.max_bytes if the disk has room (df -h {where})"
 
 
 def _merge(a: ReleaseResult, b: ReleaseResult) -> ReleaseResult:

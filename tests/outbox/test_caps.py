@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from agent.config import OutboxConfig
 from agent.errors import OutboxFullError
 from agent.outbox import Outbox
-from tests.outbox.conftest import make_records
+from tests.outbox.conftest import Clock, make_records
 
 SIZE = len(make_records(1)[0].payload)   # every test record has the same size
 
@@ -90,3 +92,43 @@ async def test_one_refused_append_does_not_fail_its_group(open_outbox: Callable[
         assert results[0].appended == 1  # type: ignore[union-attr]
         assert isinstance(results[1], OutboxFullError)
         assert (await ob.stats()).rows == 1
+
+
+class SmallDisk:
+    """A file system of ``capacity`` bytes that holds only the outbox's files (the database and its WAL)."""
+
+    def __init__(self, db: Path, capacity: int) -> None:
+        self.db = db
+        self.capacity = capacity
+
+    def used(self) -> int:
+        return sum(p.stat().st_size for p in (self.db, Path(f"{self.db}-wal"), Path(f"{self.db}-shm")) if p.exists())
+
+    def __call__(self, _dir: Path) -> int:
+        return self.capacity - self.used()
+
+
+async def test_the_free_space_floor_counts_what_the_wal_will_take(db_path: Path, clock: Clock) -> None:
+    # 3 MB disk, 1 MB floor: the outbox's files may never grow past 2 MB, WAL included. Judging by the
+    # payload alone let the WAL (every written page, and again the main file at the checkpoint)
+    # eat the floor.
+    disk = SmallDisk(db_path, 3_000_000)
+    floor = 1_000_000
+    async with Outbox(OutboxConfig(path=db_path, min_free_bytes=floor, max_bytes=10**12), now_ms=clock,
+                      disk_free=disk) as ob:
+        for i in range(150):
+            await ob.append(make_records(20, start=i * 20))
+            assert disk.used() <= disk.capacity - floor, f"append {i}: {disk.used()} bytes on a 2 MB budget"
+        stats = await ob.stats()
+        assert stats.dropped_total > 0 and stats.rows > 0   # it kept filling by dropping the oldest
+
+
+async def test_full_hints_say_what_helps(open_outbox: Callable[..., Outbox]) -> None:
+    async with open_outbox(min_free_bytes=10**18, when_full="reject_new") as ob:
+        with pytest.raises(OutboxFullError) as floor:
+            await ob.append(make_records(1))
+    assert "lowering it keeps more readings" in str(floor.value) and "raise outbox.min_free_bytes" not in str(floor.value)
+    async with open_outbox(max_bytes=1000, when_full="reject_new") as ob:
+        with pytest.raises(OutboxFullError) as cap:
+            await ob.append(make_records(5))
+    assert "raise outbox.max_bytes" in str(cap.value)

@@ -127,7 +127,8 @@ async def test_full_hints_say_what_helps(open_outbox: Callable[..., Outbox]) -> 
     async with open_outbox(min_free_bytes=10**18, when_full="reject_new") as ob:
         with pytest.raises(OutboxFullError) as floor:
             await ob.append(make_records(1))
-    assert "lowering it keeps more readings" in str(floor.value) and "raise outbox.min_free_bytes" not in str(floor.value)
+    text = str(floor.value)
+    assert "lowering it keeps more readings" in text and "raise outbox.min_free_bytes" not in text
     async with open_outbox(max_bytes=1000, when_full="reject_new") as ob:
         with pytest.raises(OutboxFullError) as cap:
             await ob.append(make_records(5))

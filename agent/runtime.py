@@ -73,6 +73,20 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# A site config is a few kilobytes; a file this large is a mistake (or an attack), not a config.
+MAX_CONFIG_BYTES: Final = 1_000_000
+
+
+def _load_for_reload(path: str) -> AgentConfig:
+    size = os.stat(path).st_size
+    if size > MAX_CONFIG_BYTES:
+        raise AgentError(f"{path} is {size} bytes; a site config is a few kilobytes",
+                         hint="restore the file (it was probably overwritten by something else)")
+    cfg = load_config(path)
+    load_schema(cfg.datacloud.schema_path, cfg.datacloud.object_name)
+    return cfg
+
+
 def _hard_exit(seconds: float) -> None:
     # Runs on a timer thread when a stop overran: every accepted reading is committed (WAL), so
     # ending now loses nothing that was acknowledged; the next start releases the leases.
@@ -252,10 +266,10 @@ class Agent:
                 log.info("agent: stopped")
             return EXIT_FATAL if fatal else EXIT_OK
 
-    def _try_reload(self) -> AgentConfig | None:
+    async def _try_reload(self) -> AgentConfig | None:
         try:
-            new = load_config(self.cfg.source_file)
-            load_schema(new.datacloud.schema_path, new.datacloud.object_name)
+            # Off the event loop: reading and validating files is blocking I/O.
+            new = await asyncio.to_thread(_load_for_reload, self.cfg.source_file)
         except Exception as exc:  # any reloaded file: a bad one is refused, never fatal
             log.error("reload: %s is not valid, keeping the running config: %s", self.cfg.source_file,
                       exc if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}")
@@ -353,7 +367,7 @@ class Agent:
             self._reload.clear()
             # systemd 252 knows RELOADING=1 ... READY=1; STOPPING=1 here made it stop the unit.
             self.notifier.reloading()
-            new = self._try_reload()
+            new = await self._try_reload()
             if new is not None:
                 self.cfg = new
                 self._reloads += 1

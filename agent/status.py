@@ -367,7 +367,7 @@ def _control_routes(control: SupportsControl) -> list[web.RouteDef]:
     async def requeue(request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):      # not JSON, not UTF-8, a huge number, nested too deep
             body = None
         ids = body.get("ids") if isinstance(body, dict) else None
         every = isinstance(body, dict) and body.get("all") is True

@@ -171,3 +171,52 @@ fields = {{ ac_power_w = "W" }}
             await wait_for(hanging, 20, "a delivery hanging in Data Cloud (rows leased)")
             await _stop_within_deadline(agent)
             assert "agent: stopped" in agent.log_text()
+
+
+HOSTILE = [b"9" * 5000, b"-" + b"9" * 5000, b"1e999", b"NaN", b"Infinity", b"[" * 10_000 + b"]" * 10_000,
+           b'"12.5"', b"true", b"{}", b"[]"]          # (null is a valid "no value here")
+
+
+async def test_a_hostile_storm_loses_nothing_and_invents_nothing(tmp_path: Path) -> None:
+    """Poison and valid messages interleaved, with Modbus and OpenDTU traffic beside them: every
+    valid reading lands once, every poison message is recorded once, and nothing comes back after
+    a restart (all were acked)."""
+    async with Site(tmp_path, rtu_units=(1,), mqtt=True) as site:
+        assert site.broker is not None
+        site.write_config(extra=GENERIC_FEED.format(url=site.broker.url))
+        agent = await site.start_agent()
+        ledger = site.watch()
+        valid: list[str] = []
+        messages: list[tuple[str, bytes]] = []
+        for n, value in enumerate(HOSTILE):
+            messages.append((f"gen/bad{n}/tele", b'{"ENERGY":{"Power":' + value + b'},"ts":1}'))
+            messages.append((f"gen/bad{n}/tele", b"\xff\xfe" + value[:100]))
+            device = f"ok{n}"
+            messages.append((f"gen/{device}/tele", f'{{"ENERGY":{{"Power":{100 + n}}}}}'.encode()))
+            valid.append(device)
+            await site.publish_cycle()
+        for topic, payload in messages:
+            await asyncio.to_thread(_publish, site.broker.port, topic, payload)
+        poison = len(HOSTILE) * 2
+        await wait_for(lambda: sum(r[2] for r in _rejected_rows(site.outbox_path)) >= poison, 20,
+                       "every poison recorded")
+        await wait_for(lambda: set(valid) <= {r.get("device_id") for r in site.emu.store.rows()}, 20,
+                       "every valid generic message landed")
+        site.silence()
+        await site.wait_delivered(ledger, within=30)
+        rec = site.reconcile(ledger)
+        assert rec.ok, rec
+        assert rec.dead_letters == 0
+        await _stop_within_deadline(agent)
+        # Nothing was left unacked: a restart gets no redelivery (no new rows, no recount).
+        landed = site.emu.store.count()
+        agent = await site.start_agent()
+        await site.publish_cycle()
+        await wait_for(lambda: site.emu.store.count() > landed, 20, "the next OpenDTU cycle")
+        status = await agent.status()
+        assert status is not None
+        gen = next(f for f in status["feeds"] if f["feed"] == "mqtt:gen")
+        assert gen["messages"] == 0, gen
+        await _stop_within_deadline(agent)
+        rows = _rejected_rows(site.outbox_path)
+        assert len(rows) == poison and all(count == 1 for _, _, count in rows), rows

@@ -305,3 +305,43 @@ def test_every_reason_code_is_explained_to_the_technician() -> None:
     guide = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for code in REASON_CODES:
         assert f"| `{code}` |" in guide, f"the README's operations guide does not explain {code}"
+
+
+class ControlProvider(FakeProvider):
+    """Also takes operator actions (SupportsControl)."""
+
+    async def flush_now(self, *, bulk: bool = False, wait_seconds: float = 10.0) -> dict[str, Any]:
+        return {"rows_before": 0, "rows_after": 0, "bulk_requested": bulk}
+
+    async def requeue_dead_letters(self, event_ids: Any) -> int:
+        return 0 if event_ids is None else len(event_ids)
+
+
+HOSTILE_BODIES = [b"", b"\xff\xfe", b"[" * 100_000, b'{"ids": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+                  b'{"ids": [1, 2]}', b'{"all": "yes"}', b'{"ids": "x"}', b'{"ids": []}', b"null", b"9" * 5000,
+                  b'{"all": true, "ids": ["a"]}', b'{"ids": ["' + b"a" * 1_000_000 + b'"]}', b"NaN"]
+
+
+async def test_hostile_requests_get_an_answer_and_the_server_goes_on(tmp_path: Path) -> None:
+    provider = ControlProvider()
+    errors: list[str] = []
+    sock = tmp_path / "status.sock"
+    async with StatusServer(provider, socket_path=sock, on_error=errors.append), _unix_session(sock) as s:
+        for body in HOSTILE_BODIES:
+            async with s.post("http://agent/control/requeue", data=body) as r:
+                assert r.status in (200, 400, 413), (body[:40], r.status)
+        for query in ("bulk=2", "bulk=" + "1" * 10_000, "bulk=%ff", "x=1", "bulk"):
+            async with s.post(f"http://agent/control/drain?{query}") as r:
+                assert r.status in (200, 400), (query, r.status)
+        for path in ("/%00", "/health/../status", "/" + "a" * 10_000, "/control", "/metrics?x=" + "y" * 5000):
+            async with s.get(f"http://agent{path}") as r:
+                assert r.status < 500, (path, r.status)
+        provider.fail_status = True                           # the provider itself fails: 500, that request only
+        async with s.get("http://agent/status") as r:
+            assert r.status == 500 and "provider broke" in (await r.json())["error"]
+        provider.fail_status = False
+        async with s.get("http://agent/health") as r:
+            assert r.status == 200
+        async with s.get("http://agent/status") as r:
+            assert r.status == 200
+    assert errors == ["RuntimeError"]

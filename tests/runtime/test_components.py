@@ -8,6 +8,7 @@ inside its own loop (an instance method replaced for one call), never from outsi
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -164,3 +165,33 @@ async def test_a_component_given_up_fails_health_and_withholds_the_watchdog(
                 async with asyncio.timeout(1.0):
                     while b"WATCHDOG=1" not in seen:
                         seen += await loop.sock_recv(sock, 4096)
+
+
+@pytest.mark.parametrize("damage", ["binary", "directory", "unreadable", "huge", "deep"])
+async def test_a_reloaded_file_that_breaks_the_loader_is_refused_and_nothing_stops(
+        tmp_path: Path, damage: str) -> None:
+    async with _agent(tmp_path) as (agent, emu):
+        path = Path(agent.cfg.source_file)
+        good = path.read_bytes()
+        before = agent.cfg
+        if damage == "binary":
+            path.write_bytes(b"\xff\xfe\x00\x01" * 1000)
+        elif damage == "directory":
+            path.unlink()
+            path.mkdir()
+        elif damage == "unreadable":
+            path.chmod(0)
+            if os.access(path, os.R_OK):      # root reads anything: make it unreadable another way
+                path.unlink()
+                path.symlink_to(path)         # a symlink loop: ELOOP on open
+        elif damage == "huge":
+            path.write_bytes(good + b"\n# " + b"x" * 50_000_000 + b"\n")
+        elif damage == "deep":
+            path.write_bytes(good + b"\nx = " + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        agent.request_reload()
+        n = emu.store.count()
+        await wait_for(lambda: emu.store.count() > n + 3, 15, "delivery goes on after the refused reload")
+        assert agent.cfg is before
+        assert agent._run is not None and agent._run.cfg is before
+        sup = agent.supervisor
+        assert sup is not None and not any(c.restarts for c in sup.components())

@@ -165,6 +165,7 @@ class _Run:
     holdback: HoldBack                     # readings taken while the clock is unsynchronised
     supervisor: Supervisor
     stats: OutboxStats | None = None       # cached for health(), which must not do I/O
+    status_server: StatusServer | None = None
     source_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -309,9 +310,10 @@ class Agent:
                     src.on_outcome = self._count_input
             self._run = run
             if self._status_enabled:
-                # Entered here, not supervised: a socket in use or a bad listener fails the start with the
-                # config's own error. Each request runs in its own guard (agent/status.py).
-                await stack.enter_async_context(
+                # Entered here: a socket in use or a bad listener fails the start with the config's own
+                # error. From then on it is the supervised component "status" (StatusServer.watch).
+                # Each request runs in its own guard (agent/status.py).
+                run.status_server = await stack.enter_async_context(
                     StatusServer(self, socket_path=cfg.status.socket_path, listen=cfg.status.listen,
                                  token_file=cfg.status.token_file,
                                  on_error=lambda reason: self.metrics.errors_total.inc(stage="status")))
@@ -334,6 +336,8 @@ class Agent:
                 drain_tasks.append(sup.start(tg, "drain.bulk", run.drain.bulk_loop))
             others = [sup.start(tg, "notify", partial(self._publish_status, run)),
                       sup.start(tg, "clock.holdback", run.holdback.run)]
+            if run.status_server is not None:
+                others.append(sup.start(tg, "status", run.status_server.watch))
             interval = watchdog_interval()
             if interval is not None:
                 others.append(tg.create_task(self.watchdog.run(interval / 2), name="agent[watchdog]"))

@@ -535,6 +535,27 @@ class StatusServer:
             self.tcp_port = int(runner.addresses[0][1])
             log.info("status listening tcp=%s:%d auth=bearer", host, self.tcp_port)
 
+    async def watch(self, interval_seconds: float = 5.0) -> None:
+        """Keep serving: the supervised part of the server (component ``status``).
+
+        Starts the listeners if they are not running (after a failure), then checks every
+        ``interval_seconds`` that the unix socket is still ours: a socket file removed under us (a
+        cleanup of /run, a technician's rm) leaves an agent nobody can ask. Then it stops the
+        listeners and raises, so the supervisor restarts it, which binds a new socket.
+        """
+        if not self._runners:
+            try:
+                await self._start()
+            except BaseException:
+                await self._stop()
+                raise
+        while True:
+            await asyncio.sleep(interval_seconds)
+            path = self._bound_socket
+            if path is not None and not await asyncio.to_thread(_is_socket, path):
+                await self._stop()
+                raise AgentError(f"the status socket {path} disappeared", hint="it is bound again at once")
+
     async def _runner(self, routes: list[web.RouteDef], middlewares: list[Any]) -> web.AppRunner:
         app = web.Application(middlewares=middlewares)
         app.add_routes(routes)
@@ -552,6 +573,13 @@ class StatusServer:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(_unlink_socket, self._bound_socket)
             self._bound_socket = None
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _unlink_socket(path: Path) -> None:

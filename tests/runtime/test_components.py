@@ -22,6 +22,7 @@ from agent.config import load_config
 from agent.emulator import Emulator
 from agent.runtime import STOP_DEADLINE_SECONDS, Agent
 from agent.simulators.sunspec_device import SunSpecSimulator
+from agent.status import fetch_status
 from tests.cli.conftest import write_config
 from tests.peers.emulator import CLIENT_ID, USERNAME, make_keypair, running_emulator
 from tests.waiting import wait_for
@@ -101,6 +102,8 @@ INJECT: dict[str, Callable[[Agent], None]] = {
     "drain.bulk": _break_bulk_loop,
     "clock.holdback": lambda a: _fail_once(a._run.holdback, "release"),              # type: ignore[union-attr]
     "notify": lambda a: _fail_once(a.notifier, "status"),
+    # The status server's failure in the field: its socket file removed under it (a cleanup of /run).
+    "status": lambda a: a.cfg.status.socket_path.unlink(),
 }
 
 
@@ -115,11 +118,14 @@ async def test_one_component_fails_health_names_it_and_the_rest_delivers(tmp_pat
             return any(c.name == component and c.restarts == 1 for c in sup.components())
         await wait_for(restarted, 15, f"{component} restarted by its supervisor")
         reasons = agent.health().reasons
-        assert any(r.startswith(f"component_restarting: component={component} ")
-                   and "injected fault" in r for r in reasons), reasons
+        assert any(r.startswith(f"component_restarting: component={component} error=")
+                   and ("injected fault" in r or "socket" in r) for r in reasons), reasons
         assert agent.health().to_json()["level"] == "degraded"
         status = await agent.status()
         assert status["components"][component]["restarts"] == 1
+        async def answers() -> bool:        # the technician can ask again (after the restart)
+            return bool(await fetch_status(agent.cfg.status.socket_path))
+        await wait_for(answers, 15, "the status socket answering")
         # Everything else goes on, and so does the component after its restart.
         n = emu.store.count()
         await wait_for(lambda: emu.store.count() > n + 5, 15, "delivery after the fault")

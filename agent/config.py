@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from agent.errors import AgentError, ConfigError
 from agent.records import IDENTITY_FIELDS, STREAMING_OVERHEAD, Schema
@@ -108,16 +108,25 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class DataCloudConfig:
-    login_url: str
+    login_url: str                      # where the token request goes: login/test.salesforce.com or a My Domain
     client_id: str
     username: str
     private_key_path: Path
     source_name: str
-    object_name: str = "solar_panel_event"
+    object_name: str = "solar_panel_event"   # the object in the local schema file
+    # The JWT's aud claim, independent of login_url: Salesforce accepts only the login servers and
+    # Experience Cloud site URLs here, never a My Domain (see _check_audience).
+    audience: str = "https://login.salesforce.com"
+    object_endpoint: str = ""           # the connector's object endpoint (URL path, bulk job object); "" = object_name
     schema_path: Path | None = None     # None: the schema shipped with the agent
     dataspace: str = ""
     ca_file: Path | None = None         # extra CA (emulator, private PKI); verification is never off
     timeout_seconds: float = 30.0
+
+    @property
+    def endpoint_name(self) -> str:
+        """The object's name on the wire: the connector's object endpoint, else the schema's object name."""
+        return self.object_endpoint or self.object_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +351,7 @@ _SECRET_NAMES: Final = frozenset({
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
 _OBJECT_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+_ENDPOINT_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _CRED_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
 _SIZE_RE: Final = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([kmgt]i?b?|b|bytes?)?\s*$", re.IGNORECASE)
 _DURATION_RE: Final = re.compile(
@@ -405,6 +415,12 @@ _RULES: dict[tuple[type, str], _Rule] = {
     (DataCloudConfig, "source_name"): _NAME,
     (DataCloudConfig, "object_name"): _Rule("an object name (a letter, then letters, digits or '_')",
                                             lambda v: bool(_OBJECT_RE.match(v))),
+    (DataCloudConfig, "object_endpoint"): _Rule(
+        "empty or an object endpoint name (1-80 letters, digits, '_' or '-')",
+        lambda v: v == "" or bool(_ENDPOINT_RE.match(v)),
+        "copy the object's name from the endpoints downloaded from the Ingestion API connector "
+        "(Data Cloud Setup > Ingestion API > the connector); leave it out when it equals object_name"),
+    (DataCloudConfig, "audience"): _NON_EMPTY,
     (DataCloudConfig, "timeout_seconds"): _POSITIVE_SECONDS,
     (DrainConfig, "flush_interval_seconds"): _POSITIVE_SECONDS,
     (DrainConfig, "batch_max_bytes"): _int_between(
@@ -889,29 +905,86 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+# The JWT bearer flow (Salesforce Help, "OAuth 2.0 JWT Bearer Flow for Server-to-Server
+# Integration", https://help.salesforce.com/s/articleView?id=xcloud.remoteaccess_oauth_jwt_flow.htm)
+# names exactly three kinds of audience: https://login.salesforce.com, https://test.salesforce.com,
+# or an Experience Cloud site URL (https://site.force.com/customers). The token request itself may
+# go to a My Domain: Salesforce's own CLI posts to the My Domain it is given and still signs
+# aud = login/test.salesforce.com (forcedotcom/sfdx-core, src/util/sfdcUrl.ts getJwtAudienceUrl),
+# and clients that signed the My Domain or a sandbox host as aud report `invalid_grant: audience is
+# invalid` (forcedotcom/cli#3325, Talend/components#1423, restforce/restforce#886).
+PRODUCTION_AUDIENCE: Final = "https://login.salesforce.com"
+SANDBOX_AUDIENCE: Final = "https://test.salesforce.com"
+_LOGIN_HOSTS: Final = {"login.salesforce.com": PRODUCTION_AUDIENCE, "test.salesforce.com": SANDBOX_AUDIENCE}
+# Salesforce hosts that are never an audience: My Domains (*.my.salesforce.com, sandboxes included),
+# instance hosts (na123.salesforce.com), the Lightning and Setup UI domains. Experience Cloud sites
+# (*.my.site.com, *.force.com/path) stay allowed.
+_NOT_AUDIENCE_SUFFIXES: Final = (".salesforce.com", ".lightning.force.com", ".salesforce-setup.com",
+                                 ".visualforce.com")
+_AUDIENCE_HINT: Final = (f'set datacloud.audience = "{PRODUCTION_AUDIENCE}" (production) or "{SANDBOX_AUDIENCE}" '
+                         "(sandbox), or your Experience Cloud site URL; a My Domain belongs in login_url only")
+
+
 def _check_datacloud(ctx: _Ctx, dc: DataCloudConfig, path: str, data: Mapping[str, Any]) -> None:
-    key = _join(path, "login_url")
+    login_hint = f"use {PRODUCTION_AUDIENCE}, {SANDBOX_AUDIENCE} (sandbox) or your My Domain URL"
+    login = _check_url(ctx, _join(path, "login_url"), dc.login_url, login_hint, path_allowed=False)
+    aud = _check_url(ctx, _join(path, "audience"), dc.audience, _AUDIENCE_HINT, path_allowed=True)
+    if login is not None and aud is not None:
+        _check_audience(ctx, _join(path, "audience"), dc.audience, login, aud)
+
+
+def _check_url(ctx: _Ctx, key: str, url: str, hint: str, *, path_allowed: bool) -> SplitResult | None:
+    """The parsed URL when it is usable for a login or an audience, else None (the error is recorded)."""
     try:
-        parts = urlsplit(dc.login_url)
+        parts = urlsplit(url)
         parts.port  # noqa: B018 -- parsing the port is the check
     except ValueError:
-        ctx.error(key, "is not a valid URL", _show(dc.login_url), hint="e.g. https://login.salesforce.com")
-        return
-    prod_hint = "https://login.salesforce.com, https://test.salesforce.com (sandbox) or your My Domain URL"
+        ctx.error(key, "is not a valid URL", _show(url), hint=hint)
+        return None
+    ok = False
     if parts.username is not None or parts.password is not None:
-        ctx.error(key, "must not carry credentials", hint=f"use {prod_hint}")
+        ctx.error(key, "must not carry credentials", hint=hint)
     elif parts.scheme == "http" and is_loopback_host(parts.hostname):
-        pass  # the local emulator; certificates cannot matter on loopback
+        ok = True  # the local emulator; certificates cannot matter on loopback
     elif parts.scheme == "http":
-        ctx.error(key, "must be https (http only for a loopback emulator)", _show(dc.login_url),
-                  hint=f"use {prod_hint}")
+        ctx.error(key, "must be https (http only for a loopback emulator)", _show(url), hint=hint)
     elif parts.scheme != "https":
-        ctx.error(key, "must be an https:// URL", _show(dc.login_url), hint=f"use {prod_hint}")
+        ctx.error(key, "must be an https:// URL", _show(url), hint=hint)
     elif not parts.hostname:
-        ctx.error(key, "needs a host", _show(dc.login_url), hint=f"use {prod_hint}")
-    if parts.query or parts.fragment or parts.path not in ("", "/"):
-        ctx.error(key, "must be only scheme://host[:port]", _show(dc.login_url),
-                  hint="the agent adds /services/oauth2/token itself")
+        ctx.error(key, "needs a host", _show(url), hint=hint)
+    else:
+        ok = True
+    if parts.query or parts.fragment or (not path_allowed and parts.path not in ("", "/")):
+        ctx.error(key, "must be only scheme://host[:port]" + ("[/path]" if path_allowed else ""), _show(url),
+                  hint=hint if path_allowed else "the agent adds /services/oauth2/token itself")
+        ok = False
+    return parts if ok else None
+
+
+def _check_audience(ctx: _Ctx, key: str, audience: str, login: SplitResult, aud: SplitResult) -> None:
+    """The audience is one Salesforce accepts, and it suits the login host (a sandbox signs test)."""
+    login_host = (login.hostname or "").lower()
+    aud_host = (aud.hostname or "").lower()
+    if is_loopback_host(login_host):
+        return  # the emulator: it accepts the audiences it was started with
+    if aud_host in _LOGIN_HOSTS:
+        if aud.path not in ("", "/") or aud.port is not None or aud.scheme != "https":
+            ctx.error(key, f"must be exactly {_LOGIN_HOSTS[aud_host]}", _show(audience), hint=_AUDIENCE_HINT)
+            return
+        sandbox_login = login_host == "test.salesforce.com" or login_host.endswith(".sandbox.my.salesforce.com")
+        if sandbox_login and aud_host == "login.salesforce.com":
+            ctx.error(key, f"is the production audience, but datacloud.login_url {login.geturl()!r} is a sandbox",
+                      _show(audience), hint=f'set datacloud.audience = "{SANDBOX_AUDIENCE}"')
+        elif login_host == "login.salesforce.com" and aud_host == "test.salesforce.com":
+            ctx.error(key, "is the sandbox audience, but datacloud.login_url is the production login",
+                      _show(audience), hint=f'set datacloud.audience = "{PRODUCTION_AUDIENCE}", or login_url = '
+                                            f'"{SANDBOX_AUDIENCE}" for a sandbox')
+        return
+    if aud_host.endswith(_NOT_AUDIENCE_SUFFIXES):
+        what = "a My Domain" if aud_host.endswith(".my.salesforce.com") else "a Salesforce instance or UI host"
+        ctx.error(key, f"is {what}, which Salesforce refuses as a JWT audience (invalid_grant: audience is "
+                       "invalid); the My Domain goes in login_url, the audience stays a login server",
+                  _show(audience), hint=_AUDIENCE_HINT)
 
 
 def _check_status(ctx: _Ctx, st: StatusConfig, path: str, data: Mapping[str, Any]) -> None:

@@ -370,35 +370,44 @@ async def check_datacloud(cfg: AgentConfig, schema: Schema) -> list[CheckResult]
     """A token is obtained, and a synthetic record passes ``/actions/test`` (a dry run: nothing stored)."""
     from agent.datacloud import StreamingClient, TokenProvider, make_ssl_context
 
-    timeout = aiohttp.ClientTimeout(total=min(cfg.datacloud.timeout_seconds, 10.0))
-    connector = aiohttp.TCPConnector(ssl=make_ssl_context(cfg.datacloud.ca_file))
+    dc = cfg.datacloud
+    timeout = aiohttp.ClientTimeout(total=min(dc.timeout_seconds, 10.0))
+    connector = aiohttp.TCPConnector(ssl=make_ssl_context(dc.ca_file))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        tokens = TokenProvider(cfg.datacloud, session)
+        tokens = TokenProvider(dc, session)
         try:
             token = await tokens.token()
         except AgentError as exc:
-            return [_fail("datacloud login", exc.message,
-                          exc.hint or "check datacloud.login_url, client_id, username and the connected app")]
-        results = [_pass("datacloud login", f"token obtained for {cfg.datacloud.username}, instance "
+            return [_fail("datacloud login", f"{exc.message} ({login_pair(cfg)})",
+                          exc.hint or "check datacloud.login_url, audience, client_id, username and the "
+                                      "connected app")]
+        results = [_pass("datacloud login", f"token obtained for {dc.username} ({login_pair(cfg)}), instance "
                                             f"{token.instance_url}")]
         builder = RecordBuilder(schema, cfg.site.id, cfg.site.customer_id, __version__)
         record = builder.encode(Reading("solar-agent-doctor", int(time.time() * 1000), "doctor", {}))
-        client = StreamingClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.object_name)
+        client = StreamingClient(tokens, session, dc.source_name, dc.endpoint_name)
         name = "datacloud test record"
+        where = f"{dc.source_name}/{dc.endpoint_name}"
         try:
             report = await client.validate([record.payload])
         except AgentError as exc:
-            hint = exc.hint or ("check datacloud.source_name and object_name against the Ingestion API connector "
-                                "and its data stream in Data Cloud Setup")
-            results.append(_fail(name, exc.message, hint))
+            hint = exc.hint or ("check datacloud.source_name and object_endpoint (or object_name) against the "
+                                "Ingestion API connector and its data stream in Data Cloud Setup")
+            results.append(_fail(name, f"{where}: {exc.message}", hint))
             return results
         if report:
-            results.append(_fail(name, f"/actions/test refused a synthetic record: {report[0]}",
+            results.append(_fail(name, f"/actions/test on {where} refused a synthetic record: {report[0]}",
                                  "the schema uploaded to the connector must match datacloud.schema_path"))
         else:
-            results.append(_pass(name, f"/actions/test accepted a synthetic {cfg.datacloud.object_name} record "
+            results.append(_pass(name, f"/actions/test on {where} accepted a synthetic {dc.object_name} record "
                                        "(a dry run: nothing stored)"))
         return results
+
+
+def login_pair(cfg: AgentConfig) -> str:
+    """Where the token request goes and which audience the assertion names: two settings."""
+    dc = cfg.datacloud
+    return f"token request to {dc.login_url.rstrip('/')}/services/oauth2/token, JWT audience {dc.audience}"
 
 
 # -- running them ---------------------------------------------------------------------------------------------

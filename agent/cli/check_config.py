@@ -8,6 +8,7 @@ import sys
 from agent.config import (
     DEFAULT_CONFIG_PATH,
     ENV_CONFIG_PATH,
+    AgentConfig,
     check_against_schema,
     config_errors,
     device_count,
@@ -29,7 +30,9 @@ Check a site config file before (re)starting the agent. It checks:
     (no coercion: write 10_000_000, not "10MB");
   * the relations between keys: rtu buses need a port, tcp buses a host, unique bus, feed and
     device names and unit ids, mqtt:// or mqtts:// broker URLs, an https login_url (http only
-    for a loopback emulator), a token_file for a TCP status listener, ...;
+    for a loopback emulator), a JWT audience Salesforce accepts (https://login.salesforce.com,
+    https://test.salesforce.com for sandboxes, or an Experience Cloud site; never a My Domain,
+    which goes in login_url), a token_file for a TCP status listener, ...;
   * no secret is written in the file (only paths to secret files, or credential:NAME);
   * the ingestion schema file loads and matches the Data Cloud rules.
 
@@ -82,6 +85,7 @@ def _main(args: argparse.Namespace) -> int:
         return _report(str(path), errors)
     if not args.quiet:
         print(to_toml(cfg))
+        print(_datacloud_summary(cfg))
     counts = ", ".join((
         _count(len(cfg.modbus), "modbus bus", "modbus buses"),
         _count(device_count(cfg), "device", "devices"),
@@ -89,6 +93,20 @@ def _main(args: argparse.Namespace) -> int:
     ))
     print(f"OK: {path} is valid ({counts}; schema {len(schema.fields)} fields)")
     return EXIT_OK
+
+
+def _datacloud_summary(cfg: AgentConfig) -> str:
+    """The login pair and the object's two names, spelled out: each pair is two settings."""
+    dc = cfg.datacloud
+    lines = [f"Data Cloud login: the token request goes to {dc.login_url.rstrip('/')}/services/oauth2/token "
+             f"(datacloud.login_url); the JWT names audience {dc.audience} (datacloud.audience)."]
+    if dc.audience.rstrip("/") != dc.login_url.rstrip("/"):
+        lines.append("  Two settings on purpose: the request may go to a My Domain, the audience stays a "
+                     "Salesforce login server (or an Experience Cloud site).")
+    lines.append(f"Data Cloud records: connector {dc.source_name}, object endpoint {dc.endpoint_name} "
+                 f"(datacloud.object_endpoint), checked against schema object {dc.object_name} "
+                 "(datacloud.object_name).")
+    return "\n".join(lines)
 
 
 def _report(file: str, errors: tuple[ConfigError, ...] | list[ConfigError]) -> int:

@@ -1,9 +1,12 @@
 """JWT bearer login and the Data Cloud (a360) token exchange, behind one cached token provider.
 
 Flow (datacloud-api.md §1): sign an RS256 assertion (iss = consumer key, sub = username,
-aud = login URL, exp at most 3 minutes ahead), POST it to ``{login_url}/services/oauth2/token``
-for a core token, exchange that at ``{core instance_url}/services/a360/token`` for the Data Cloud
-token and tenant host. The HTTP clients only ever call :meth:`TokenProvider.token` and
+aud = ``datacloud.audience``, exp at most 3 minutes ahead), POST it to
+``{login_url}/services/oauth2/token`` for a core token, exchange that at
+``{core instance_url}/services/a360/token`` for the Data Cloud token and tenant host. The POST
+target and the audience are two settings: a My Domain login still signs aud =
+https://login.salesforce.com (Salesforce Help, "OAuth 2.0 JWT Bearer Flow for Server-to-Server
+Integration"; see ``agent.config`` for the sources). The HTTP clients only ever call :meth:`TokenProvider.token` and
 :meth:`TokenProvider.invalidate`; they never see an assertion. Tokens and assertions are never
 logged and never shown in a repr.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import ssl
 import stat
 import time
@@ -25,7 +30,7 @@ import aiohttp
 import jwt
 
 from agent.config import DataCloudConfig, is_loopback_host
-from agent.datacloud._http import excerpt, parse_json, parse_retry_after, translate
+from agent.datacloud._http import describe, excerpt, fetch, parse_retry_after
 from agent.errors import AuthError, RetryableError, ThrottledError
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,16 @@ ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
 ASSERTION_LIFETIME_SECONDS: Final = 170
 # Refresh this long before the token expires (capped at half the lifetime for short tokens).
 REFRESH_MARGIN_SECONDS: Final = 300.0
+# Token answers are a few hundred bytes; anything past this is not a token answer.
+_MAX_TOKEN_ANSWER_BYTES: Final = 64 * 1024
+# The exchange documents expires_in around 7200 s ([GS]: 7191). A missing or unreadable value means
+# the documented lifetime; an absurd one is clamped so that neither a login per request (0, negative)
+# nor a token kept for years (10^12) can happen. A server that really expires it sooner answers 401,
+# and the clients fetch a new token once.
+DEFAULT_LIFETIME_SECONDS: Final = 7200.0
+_LIFETIME_RANGE: Final = (60.0, 86400.0)
+# A bearer token goes into an HTTP header: printable ASCII without spaces, bounded.
+_TOKEN_RE: Final = re.compile(r"^[\x21-\x7e]{1,8192}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +79,29 @@ def make_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
+_URL_HINT: Final = "use https://login.salesforce.com (or https://test.salesforce.com for sandboxes)"
+
+
 def normalise_url(url: str, what: str) -> str:
     """``https://host[:port]`` from a URL or a bare host; plain http only for loopback (the emulator)."""
     url = url.strip()
     if "://" not in url:
         url = "https://" + url
     url = url.rstrip("/") if not url.endswith("://") else url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- parsing the port is the check
+    except ValueError:
+        raise AuthError(f"{what} {url[:200]!r} is not a valid URL", hint=_URL_HINT) from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise AuthError(f"{what} {url!r} is not an http(s) URL",
-                        hint="use https://login.salesforce.com (or https://test.salesforce.com for sandboxes)")
+        raise AuthError(f"{what} {url[:200]!r} is not an http(s) URL", hint=_URL_HINT)
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise AuthError(f"{what} {url!r} uses plain http to a non-loopback host",
+        raise AuthError(f"{what} {url[:200]!r} uses plain http to a non-loopback host",
                         hint="Data Cloud needs https; plain http is only for the local emulator on 127.0.0.1")
+    if parts.path or parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        # Every path is appended to this base: a path, query or userinfo in it would garble them all.
+        raise AuthError(f"{what} {url[:200]!r} is not a bare scheme://host[:port]",
+                        hint="a Salesforce instance URL is a host name only")
     return url
 
 
@@ -87,8 +112,8 @@ def auth_hint(description: str) -> str:
         return ("the user is not pre-approved: in the connected app set 'Admin approved users are pre-authorized' "
                 "and add the user's profile or permission set")
     if "audience" in d:
-        return ("datacloud.login_url must be https://login.salesforce.com (production) or "
-                "https://test.salesforce.com (sandboxes) or your My Domain login URL")
+        return ("datacloud.audience must be https://login.salesforce.com (production), https://test.salesforce.com "
+                "(sandboxes) or your Experience Cloud site URL; never the My Domain, which belongs in login_url")
     if "signature" in d:
         return ("the certificate uploaded to the connected app ('Use digital signatures') must match "
                 "datacloud.private_key_path")
@@ -121,6 +146,8 @@ class TokenProvider:
         self._session = session
         self._now = now
         self.login_url = normalise_url(cfg.login_url, "datacloud.login_url")
+        # Sent as configured, without a trailing slash: the documented values have none.
+        self.audience = cfg.audience.strip().rstrip("/")
         self.ssl_context = make_ssl_context(cfg.ca_file)
         self.timeout = aiohttp.ClientTimeout(total=cfg.timeout_seconds)
         self._token: Token | None = None
@@ -162,7 +189,7 @@ class TokenProvider:
     async def _login_and_exchange(self) -> Token:
         key = await self._private_key()
         now = self._now()
-        claims = {"iss": self._cfg.client_id, "sub": self._cfg.username, "aud": self.login_url,
+        claims = {"iss": self._cfg.client_id, "sub": self._cfg.username, "aud": self.audience,
                   "iat": int(now), "exp": int(now) + ASSERTION_LIFETIME_SECONDS}
         try:
             assertion = jwt.encode(claims, key, algorithm="RS256")
@@ -170,53 +197,43 @@ class TokenProvider:
             raise AuthError(f"cannot sign the JWT with {self._cfg.private_key_path}: {type(exc).__name__}",
                             hint="the private key must be an unencrypted PEM RSA key") from exc
         core = await self._post("login", f"{self.login_url}/services/oauth2/token",
-                                 {"grant_type": JWT_GRANT, "assertion": assertion})
-        core_token = core.get("access_token")
-        core_url = core.get("instance_url")
-        if not isinstance(core_token, str) or not isinstance(core_url, str):
-            raise AuthError("login answer lacks access_token or instance_url",
-                            hint="login_url must point at a Salesforce login host")
+                                {"grant_type": JWT_GRANT, "assertion": assertion})
+        core_token = _bearer(core, "login")
+        exchange_url = normalise_url(_string(core, "instance_url", "login"), "login answer instance_url")
         form = {"grant_type": CDP_GRANT, "subject_token": core_token, "subject_token_type": ACCESS_TOKEN_TYPE}
         if self._cfg.dataspace:
             form["dataspace"] = self._cfg.dataspace
-        exchange_url = normalise_url(core_url, "login answer instance_url")
         dc = await self._post("a360 exchange", f"{exchange_url}/services/a360/token", form)
-        dc_token, dc_url = dc.get("access_token"), dc.get("instance_url")
-        if not isinstance(dc_token, str) or not isinstance(dc_url, str):
-            raise AuthError("a360 exchange answer lacks access_token or instance_url",
-                            hint="the user needs Data Cloud access; check the permission set")
-        try:
-            lifetime = float(dc.get("expires_in", 7200))
-        except (TypeError, ValueError):
-            lifetime = 7200.0
+        dc_token = _bearer(dc, "a360 exchange")
+        dc_url = normalise_url(_string(dc, "instance_url", "a360 exchange"), "Data Cloud instance_url")
+        lifetime = _lifetime(dc.get("expires_in"))
         margin = min(REFRESH_MARGIN_SECONDS, lifetime / 2)
-        token = Token(dc_token, normalise_url(dc_url, "Data Cloud instance_url"),
-                      self._now() + lifetime - margin)
+        token = Token(dc_token, dc_url, self._now() + lifetime - margin)
         self.fetches += 1
         log.info("data cloud token fetched instance_url=%s expires_in=%.0f", token.instance_url, lifetime)
         return token
 
     async def _post(self, what: str, url: str, form: dict[str, str]) -> dict[str, Any]:
-        with translate(what):
-            async with self._session.post(url, data=form, ssl=self.ssl_context, timeout=self.timeout,
-                                          allow_redirects=False) as resp:
-                body = await resp.read()
-                status, ctype = resp.status, resp.content_type
-                retry_after = resp.headers.get("Retry-After")
-        doc = parse_json(body) if "json" in ctype else None
+        answer = await fetch(self._session, "POST", url, what=what, timeout=self.timeout, ssl=self.ssl_context,
+                             data=form, max_bytes=_MAX_TOKEN_ANSWER_BYTES)
+        status = answer.status
         if status == 429:
-            raise ThrottledError(f"{what}: HTTP 429", retry_after=parse_retry_after(retry_after))
+            raise ThrottledError(f"{what}: HTTP 429", retry_after=parse_retry_after(answer.retry_after))
         if status >= 500:
-            raise RetryableError(f"{what}: HTTP {status}: {excerpt(body)}", status=status)
+            raise RetryableError(f"{what}: HTTP {status}: {excerpt(answer.body)}", status=status)
+        doc = answer.json()
         if not isinstance(doc, dict):
-            raise _HtmlAnswer(f"{what}: HTTP {status} answered {ctype or 'no content type'} instead of JSON",
-                              hint=f"{url} is not a Salesforce token endpoint (wrong login_url, proxy or "
-                                   "captive portal?)")
+            raise _HtmlAnswer(f"{what}: HTTP {status} answered {describe(answer)}",
+                              hint=f"{url} did not answer like a Salesforce token endpoint (wrong login_url, "
+                                   "a proxy or captive portal?)")
         if status != 200 or "error" in doc:
-            code = str(doc.get("error", ""))
-            description = str(doc.get("error_description") or code or f"HTTP {status}")
+            code = _text(doc.get("error"))
+            description = _text(doc.get("error_description")) or code or f"HTTP {status}"
+            hint = auth_hint(f"{code} {description}")
+            if "audience" in description.lower():
+                hint += f" (now {self.audience!r}, login_url {self.login_url!r})"
             raise AuthError(f"{what} refused: {code}: {description}", status=status,
-                            error_description=description, hint=auth_hint(f"{code} {description}"))
+                            error_description=description, hint=hint)
         return doc
 
     async def _private_key(self) -> bytes:
@@ -226,7 +243,45 @@ class TokenProvider:
 
 
 class _HtmlAnswer(AuthError):
-    """A token endpoint answered something that is not JSON."""
+    """A token endpoint answered something that is not a JSON object."""
+
+
+def _text(value: object) -> str:
+    """A server-sent string for a message: only strings count, and only their start."""
+    return value[:300] if isinstance(value, str) else ""
+
+
+def _string(doc: dict[str, Any], key: str, what: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise AuthError(f"{what} answer has no {key} (got {type(value).__name__})",
+                        hint="the answer did not come from Salesforce's token service: check login_url "
+                             "and the user's Data Cloud access (permission set)")
+    return value
+
+
+def _bearer(doc: dict[str, Any], what: str) -> str:
+    """The access token, fit for an Authorization header (no spaces, controls or non-ASCII)."""
+    token = _string(doc, "access_token", what)
+    if not _TOKEN_RE.match(token):
+        raise AuthError(f"{what} answer has an access_token that cannot be a bearer token "
+                        f"({len(token)} characters, not printable ASCII)",
+                        hint="the answer did not come from Salesforce's token service")
+    return token
+
+
+def _lifetime(value: object) -> float:
+    """Seconds the Data Cloud token lives: ``expires_in`` clamped to a sane range."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return DEFAULT_LIFETIME_SECONDS
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        return DEFAULT_LIFETIME_SECONDS
+    if not math.isfinite(seconds):
+        return DEFAULT_LIFETIME_SECONDS
+    lo, hi = _LIFETIME_RANGE
+    return min(hi, max(lo, seconds))
 
 
 def read_private_key(path: Path) -> bytes:

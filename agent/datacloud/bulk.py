@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import tempfile
 import time
 from collections import deque
@@ -23,7 +24,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from agent.datacloud._http import parse_json, raise_for_status, translate
+from agent.datacloud._http import Answer, describe, fetch, json_object, raise_for_status
 from agent.datacloud.auth import TokenProvider
 from agent.datacloud.streaming import Backoff
 from agent.errors import DataCloudError, JobError
@@ -100,74 +101,133 @@ class BulkResult:
 
 
 class BulkClient:
-    """One method per bulk endpoint. Errors: 404 -> DataCloudError, 409 -> JobError,
-    429 -> ThrottledError, 5xx/transport -> RetryableError, 400 -> RejectedError."""
+    """One method per bulk endpoint.
+
+    Errors: 404 -> DataCloudError, 409 -> JobError, 429 -> ThrottledError, 5xx/transport/timeout ->
+    RetryableError, 400 -> RejectedError; an answer that is not the documented JSON job object (a
+    list, wrong types, a missing or malformed ``id`` or ``state``, HTML, a body over the read cap)
+    -> DataCloudError naming it. No other exception leaves a method.
+    """
 
     def __init__(self, tokens: TokenProvider, session: aiohttp.ClientSession, source_name: str,
-                 object_name: str) -> None:
+                 object_endpoint: str) -> None:
         self._tokens = tokens
         self._session = session
         self.source_name = source_name
-        self.object_name = object_name
+        # The job's "object" is the connector's object endpoint name, like the streaming URL.
+        self.object_endpoint = object_endpoint
 
     async def create_job(self, operation: str = "upsert") -> dict[str, Any]:
-        body = {"object": self.object_name, "sourceName": self.source_name, "operation": operation}
-        return await self._json("POST", "/api/v1/ingest/jobs", "create job", json_body=body)
+        """The created job: a JSON object with a usable ``id`` and a known ``state``."""
+        body = {"object": self.object_endpoint, "sourceName": self.source_name, "operation": operation}
+        return _job("create job", await self._call("POST", "/api/v1/ingest/jobs", "create job", json_body=body))
 
-    async def upload(self, job_id: str, data: bytes | BinaryIO) -> None:
-        await self._json("PUT", f"/api/v1/ingest/jobs/{job_id}/batches", "upload", data=data,
-                         content_type="text/csv")
+    async def upload(self, job_id: str, data: bytes) -> None:
+        answer = await self._call("PUT", f"/api/v1/ingest/jobs/{_job_path(job_id)}/batches", "upload", data=data,
+                                  content_type="text/csv")
+        # 202 per [UJD], 201 in [BTW]. A 200 is no upload receipt (a captive portal's page): counting
+        # it would close the job without this file, and its rows would be acked but never land.
+        if answer.status not in (201, 202):
+            raise DataCloudError(f"upload: HTTP {answer.status} answered {describe(answer)}, not 201/202",
+                                 status=answer.status,
+                                 hint="something other than Data Cloud answered (a proxy or captive portal?)")
 
     async def close(self, job_id: str) -> dict[str, Any]:
-        return await self._json("PATCH", f"/api/v1/ingest/jobs/{job_id}", "close job",
-                                json_body={"state": "UploadComplete"})
+        return _job("close job", await self._call("PATCH", f"/api/v1/ingest/jobs/{_job_path(job_id)}",
+                                                   "close job", json_body={"state": "UploadComplete"}))
 
     async def abort(self, job_id: str) -> dict[str, Any]:
-        return await self._json("PATCH", f"/api/v1/ingest/jobs/{job_id}", "abort job",
-                                json_body={"state": "Aborted"})
+        return _job("abort job", await self._call("PATCH", f"/api/v1/ingest/jobs/{_job_path(job_id)}",
+                                                   "abort job", json_body={"state": "Aborted"}))
 
     async def get(self, job_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/api/v1/ingest/jobs/{job_id}", "get job")
+        return _job("get job", await self._call("GET", f"/api/v1/ingest/jobs/{_job_path(job_id)}", "get job"))
 
     async def list(self, states: tuple[str, ...] = (), limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"limit": limit, "offset": offset}
         if states:
             query["states"] = ",".join(states)
-        doc = await self._json("GET", f"/api/v1/ingest/jobs?{urlencode(query)}", "list jobs")
-        data = doc.get("data", [])
-        return [j for j in data if isinstance(j, dict)] if isinstance(data, list) else []
+        answer = await self._call("GET", f"/api/v1/ingest/jobs?{urlencode(query)}", "list jobs")
+        data = json_object("list jobs", answer).get("data")
+        if not isinstance(data, list):
+            raise DataCloudError(f"list jobs: the answer's data is {type(data).__name__}, not a list",
+                                 status=answer.status, hint="Data Cloud answers {\"data\": [jobs]} ([GAJ])")
+        return [_job("list jobs", answer, item) for item in data]
 
     async def delete_job(self, job_id: str) -> None:
-        await self._json("DELETE", f"/api/v1/ingest/jobs/{job_id}", "delete job")
+        answer = await self._call("DELETE", f"/api/v1/ingest/jobs/{_job_path(job_id)}", "delete job")
+        if answer.status != 204:  # [DJ]: 204 No Content; a 200 page is not a deletion
+            raise DataCloudError(f"delete job: HTTP {answer.status} answered {describe(answer)}, not 204",
+                                 status=answer.status,
+                                 hint="something other than Data Cloud answered (a proxy or captive portal?)")
 
-    async def _json(self, method: str, path: str, what: str, *, json_body: Any = None,
-                    data: bytes | BinaryIO | None = None, content_type: str | None = None) -> dict[str, Any]:
+    async def _call(self, method: str, path: str, what: str, *, json_body: Any = None,
+                    data: bytes | None = None, content_type: str | None = None) -> Answer:
         for attempt in (1, 2):
             token = await self._tokens.token()
             headers = dict(token.header)
             if content_type:
                 headers["Content-Type"] = content_type
-            if attempt == 2 and data is not None and not isinstance(data, bytes):
-                data.seek(0)
-            with translate(what):
-                async with self._session.request(method, token.instance_url + path, json=json_body, data=data,
-                                                 headers=headers, ssl=self._tokens.ssl_context,
-                                                 timeout=self._upload_timeout(data), allow_redirects=False) as resp:
-                    status, answer, resp_headers = resp.status, await resp.read(), resp.headers
-            if status == 401 and attempt == 1:
+            timeout, deadline = self._timeouts(data)
+            answer = await fetch(self._session, method, token.instance_url + path, what=what, timeout=timeout,
+                                 deadline_seconds=deadline, ssl=self._tokens.ssl_context, json=json_body,
+                                 data=data, headers=headers)
+            if answer.status == 401 and attempt == 1:
                 self._tokens.invalidate(token)
                 continue
-            raise_for_status(what, status, resp_headers, answer)
-            doc = parse_json(answer) if answer else {}
-            return doc if isinstance(doc, dict) else {}
+            raise_for_status(what, answer)
+            return answer
         raise JobError(f"{what}: unreachable")  # pragma: no cover
 
-    def _upload_timeout(self, data: object) -> aiohttp.ClientTimeout:
-        # A 150 MB file over a slow uplink takes minutes: bound the silence, not the whole transfer.
+    def _timeouts(self, data: bytes | None) -> tuple[aiohttp.ClientTimeout, float | None]:
+        """aiohttp's timeout and an overall deadline for one call.
+
+        A 150 MB file over a slow uplink takes minutes, so an upload has no aiohttp total: the
+        silence between reads is bounded, and the whole exchange gets a deadline long enough for
+        the file at a crawl (_MIN_UPLOAD_BYTES_PER_SECOND), so a peer that trickles its answer
+        cannot hold the upload forever either.
+        """
         if data is None:
-            return self._tokens.timeout
+            return self._tokens.timeout, None
         t = self._tokens.timeout.total or 30.0
-        return aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+        return (aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t),
+                t + len(data) / _MIN_UPLOAD_BYTES_PER_SECOND)
+
+
+# The slowest uplink an upload is given time for: a 150 MB file gets about 2.6 hours.
+_MIN_UPLOAD_BYTES_PER_SECOND: Final = 16 * 1024
+# Job ids are UUIDs in Data Cloud examples, 18-character Salesforce ids in older ones ([CJ], [BTW]).
+# The id goes into URL paths: anything else is refused rather than sent.
+_JOB_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+STATES: Final = frozenset({"Open", "UploadComplete", "InProgress", "JobComplete", "Failed", "Aborted"})
+
+
+def _job_path(job_id: str) -> str:
+    if not _JOB_ID_RE.match(job_id):
+        raise JobError(f"job id {job_id[:100]!r} is not a Data Cloud job id")
+    return job_id
+
+
+def _job(what: str, answer: Answer, item: Any = None) -> dict[str, Any]:
+    """The job object of an answer (or ``item`` of a list), checked: a string ``id`` fit for a URL
+    path and a documented ``state`` ([CJ], [GJI], [BI] state machine)."""
+    doc = json_object(what, answer) if item is None else item
+    if not isinstance(doc, dict):
+        raise DataCloudError(f"{what}: a job in the answer is {type(doc).__name__}, not an object",
+                             status=answer.status)
+    job_id, state = doc.get("id"), doc.get("state")
+    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+        raise DataCloudError(f"{what}: the answer's job id is {_shown(job_id)}, not a job id string",
+                             status=answer.status, hint="Data Cloud answers the job object ([CJ], [GJI])")
+    if not isinstance(state, str) or state not in STATES:
+        raise DataCloudError(f"{what}: job {job_id} has state {_shown(state)}, not one of {sorted(STATES)}",
+                             status=answer.status, hint="Data Cloud answers the job object ([CJ], [GJI])")
+    return doc
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _CsvSpool:

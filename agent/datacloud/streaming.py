@@ -19,9 +19,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-from agent.datacloud._http import raise_for_status, translate
+from agent.datacloud._http import Answer, describe, fetch, raise_for_status
 from agent.datacloud.auth import TokenProvider
-from agent.errors import AuthError, RejectedError, ThrottledError
+from agent.errors import AuthError, DataCloudError, RejectedError, ThrottledError
 from agent.records import STREAMING_OVERHEAD, streaming_body
 
 log = logging.getLogger(__name__)
@@ -125,38 +125,50 @@ class Pacer:
 class StreamingClient:
     """Streaming insert/validate/delete for one Ingestion API object.
 
-    Contract: ``send`` raises ``RejectedError`` (400; status 413 means split the body),
-    ``ThrottledError``, ``RetryableError``, ``AuthError`` or ``DataCloudError`` (404 and other
-    refusals that are not the records' fault). A 401 invalidates the token and retries once.
+    Contract: ``send`` returns only on Data Cloud's acceptance and raises ``RejectedError`` (a 400
+    in Data Cloud's error envelope; status 413 means split the body), ``ThrottledError``,
+    ``RetryableError``, ``AuthError`` or ``DataCloudError`` (404, and every answer that is neither
+    acceptance nor a refusal of the records: a proxy page, a 2xx without ``accepted``). No other
+    exception leaves it. A 401 invalidates the token and retries once.
     Safe for concurrent use; the session and token provider are the caller's.
     """
 
     def __init__(self, tokens: TokenProvider, session: aiohttp.ClientSession, source_name: str,
-                 object_name: str, *, max_body_bytes: int = 190_000, pacer: Pacer | None = None) -> None:
+                 object_endpoint: str, *, max_body_bytes: int = 190_000, pacer: Pacer | None = None) -> None:
         self._tokens = tokens
         self._session = session
-        self._path = f"/api/v1/ingest/sources/{quote(source_name)}/{quote(object_name)}"
+        # The connector's object endpoint names the object in the URL (datacloud.object_endpoint,
+        # which defaults to the schema's object name).
+        self._path = f"/api/v1/ingest/sources/{quote(source_name, safe='')}/{quote(object_endpoint, safe='')}"
         self.max_body_bytes = max_body_bytes
         self.pacer = pacer
         self.requests = 0
 
     async def send(self, payloads: Sequence[bytes]) -> None:
         """POST one ``{"data":[...]}`` body; returns on 202."""
-        await self._call("POST", self._path, streaming_body(payloads), "streaming insert")
+        _check_accepted("streaming insert",
+                        await self._call("POST", self._path, streaming_body(payloads), "streaming insert"))
 
     async def validate(self, payloads: Sequence[bytes]) -> list[dict[str, Any]]:
         """Synchronous dry run (``/actions/test``): [] when valid, else the server's validation report."""
         try:
-            await self._call("POST", self._path + "/actions/test", streaming_body(payloads), "validate")
+            answer = await self._call("POST", self._path + "/actions/test", streaming_body(payloads), "validate")
         except RejectedError as exc:
             return exc.report or [{"message": exc.message}]
+        # Success is "a status code in the 200s" with an undocumented body ([VAL], [STW]); a page that
+        # is not JSON came from something else (a captive portal), and proves nothing about the records.
+        if answer.body and answer.json() is None:
+            raise DataCloudError(f"validate: HTTP {answer.status} answered {describe(answer)}",
+                                 status=answer.status,
+                                 hint="something other than Data Cloud answered (a proxy or captive portal?)")
         return []
 
     async def delete(self, ids: Sequence[str]) -> None:
         """Delete records by primary key, at most 200 per request."""
         for start in range(0, len(ids), MAX_DELETE_IDS):
             chunk = ids[start:start + MAX_DELETE_IDS]
-            await self._call("DELETE", f"{self._path}?ids={quote(','.join(chunk), safe=',')}", None, "delete")
+            _check_accepted("delete", await self._call(
+                "DELETE", f"{self._path}?ids={quote(','.join(chunk), safe=',')}", None, "delete"))
 
     async def deliver(self, rows: Sequence[tuple[str, bytes]]) -> DeliveryResult:
         """Send ``(event_id, payload)`` rows; bisect refused bodies down to the bad records."""
@@ -186,34 +198,46 @@ class StreamingClient:
         accepted.extend(eid for eid, _ in rows)
         return 1
 
-    async def _call(self, method: str, path: str, body: bytes | None, what: str) -> None:
+    async def _call(self, method: str, path: str, body: bytes | None, what: str) -> Answer:
         for attempt in (1, 2):
             token = await self._tokens.token()
             if self.pacer is not None:
                 await self.pacer.wait()
             headers = {**token.header, **_JSON} if body is not None else token.header
             self.requests += 1
-            with translate(what):
-                async with self._session.request(method, token.instance_url + path, data=body, headers=headers,
-                                                 ssl=self._tokens.ssl_context, timeout=self._tokens.timeout,
-                                                 allow_redirects=False) as resp:
-                    status = resp.status
-                    answer = await resp.read()
-                    resp_headers = resp.headers
-            if status == 401 and attempt == 1:
+            answer = await fetch(self._session, method, token.instance_url + path, what=what,
+                                 timeout=self._tokens.timeout, ssl=self._tokens.ssl_context, data=body,
+                                 headers=headers)
+            if answer.status == 401 and attempt == 1:
                 log.info("data cloud answered 401; fetching a new token once what=%s", what)
                 self._tokens.invalidate(token)
                 continue
             try:
-                raise_for_status(what, status, resp_headers, answer)
+                raise_for_status(what, answer)
             except ThrottledError as exc:
                 if self.pacer is not None:
                     self.pacer.on_throttle(exc.retry_after)
                 raise
             if self.pacer is not None:
                 self.pacer.on_success()
-            return
+            return answer
         raise AuthError(f"{what}: unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _check_accepted(what: str, answer: Answer) -> None:
+    """Insert and delete answer 202 ``{"accepted": true}`` ([INS], [DEL]); anything else is not acceptance.
+
+    A 2xx page from a proxy or captive portal must not count as delivery: the rows would be acked
+    and never land. ``{"accepted": false}`` (undocumented) is not acceptance either.
+    """
+    doc = answer.json()
+    flag = doc.get("accepted") if isinstance(doc, dict) else None
+    if flag is True or (answer.status == 202 and flag is None):
+        return
+    raise DataCloudError(f"{what}: HTTP {answer.status} answered {describe(answer)}, not 202 Accepted",
+                         status=answer.status,
+                         hint="something other than Data Cloud answered (a proxy or captive portal?); "
+                              "the rows stay queued and are sent again")
 
 
 def _reason(exc: RejectedError) -> str:

@@ -33,11 +33,13 @@ class FakeOrg:
         self.exchange_answers: list[web.Response] = []
         self.expires_in = 7191
         self.url = ""
+        self.audience = "https://login.salesforce.com"
         self.gate: asyncio.Event | None = None
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = dict(await request.post())
-        claims = jwt.decode(str(form["assertion"]), self.public_pem, algorithms=["RS256"], audience=self.url,
+        # The org stands for a My Domain: the request comes here, the audience is a login server.
+        claims = jwt.decode(str(form["assertion"]), self.public_pem, algorithms=["RS256"], audience=self.audience,
                             options={"verify_exp": False, "verify_iat": False})  # tests inject clocks
         self.logins.append({"form": form, "claims": claims})
         if self.gate is not None:
@@ -76,7 +78,8 @@ async def test_assertion_claims_and_exchange_form(org: FakeOrg, key_files: tuple
     tok = await tokens.token()
     claims = org.logins[0]["claims"]
     assert org.logins[0]["form"]["grant_type"] == JWT_GRANT
-    assert (claims["iss"], claims["sub"], claims["aud"]) == ("solar-agent", "agent@solar.example", org.url)
+    assert (claims["iss"], claims["sub"], claims["aud"]) == ("solar-agent", "agent@solar.example",
+                                                             "https://login.salesforce.com")
     assert int(before) <= claims["iat"] <= time.time()
     assert 0 < claims["exp"] - claims["iat"] <= 170
     assert org.exchanges == [{"grant_type": CDP_GRANT, "subject_token": "core-token",
@@ -84,6 +87,12 @@ async def test_assertion_claims_and_exchange_form(org: FakeOrg, key_files: tuple
                               "dataspace": "solar"}]
     assert tok.instance_url == "https://tenant.example.com"  # bare host from the exchange gets a scheme
     assert "dc-1" not in repr(tok) and tok.header == {"Authorization": "Bearer dc-1"}
+
+
+async def test_audience_is_its_own_setting(org: FakeOrg, key_files: tuple[Path, bytes], session: Any) -> None:
+    org.audience = "https://test.salesforce.com"
+    await provider(org, key_files, session, audience="https://test.salesforce.com/").token()
+    assert org.logins[0]["claims"]["aud"] == "https://test.salesforce.com"  # sent without the trailing slash
 
 
 async def test_single_flight(org: FakeOrg, key_files: tuple[Path, bytes], session: Any) -> None:
@@ -125,7 +134,7 @@ async def test_exchange_html_reruns_login_once(org: FakeOrg, key_files: tuple[Pa
     tok = await provider(org, key_files, session).token()
     assert tok.access_token == "dc-2" and len(org.logins) == 2
     org.exchange_answers = [web.Response(text="<html/>", content_type="text/html") for _ in range(2)]
-    with pytest.raises(AuthError, match="instead of JSON"):
+    with pytest.raises(AuthError, match="text/html that is not JSON"):
         await provider(org, key_files, session).token()
 
 

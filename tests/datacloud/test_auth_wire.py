@@ -58,18 +58,19 @@ def _other_key(tmp_path: Path) -> Path:
     ("username", "user hasn't approved this consumer", "pre-authorized"),
     ("clock_behind", "expired authorization code", "NTP"),
     ("wrong_key", "invalid assertion", "certificate"),
-    ("audience", "audience is invalid", "https://login.salesforce.com"),
+    ("audience", "audience is invalid", "datacloud.audience"),
 ])
 async def test_refusals_carry_description_and_hint(tmp_path: Path, key_files: tuple[Path, bytes],
                                                    session: aiohttp.ClientSession,
                                                    case: str, description: str, hint: str) -> None:
-    audiences = ("https://login.salesforce.com",) if case == "audience" else ()
-    settings = EmulatorSettings(host="127.0.0.1", public_key_pem=key_files[1], audiences=audiences)
+    settings = EmulatorSettings(host="127.0.0.1", public_key_pem=key_files[1])
     async with Emulator(settings) as emu:
         overrides: dict[str, object] = {
             "client_id": {"client_id": "not-the-consumer-key"},
             "username": {"username": "someone@else.example"},
             "wrong_key": {"private_key_path": _other_key(tmp_path)},
+            # What the agent used to sign: the URL it posts to (a My Domain). Salesforce refuses it.
+            "audience": {"audience": emu.url},
         }.get(case, {})
         cfg = make_config(emu.url, key_files[0], **overrides)
         now = (lambda: time.time() - 600) if case == "clock_behind" else time.time
@@ -99,3 +100,28 @@ async def test_token_never_in_logs_or_repr(emu: Emulator, key_files: tuple[Path,
     await StreamingClient(tokens, session, "solar_agent", "solar_panel_event").send([make_rows(1)[0][1]])
     assert tok.access_token not in repr(tok)
     assert tok.access_token not in caplog.text and "eyJ" not in caplog.text
+
+
+async def test_my_domain_login_with_the_default_audience_logs_in(key_files: tuple[Path, bytes],
+                                                                 session: aiohttp.ClientSession) -> None:
+    """The token request goes to login_url (the emulator's URL plays the org's My Domain), the
+    assertion's aud is datacloud.audience (default https://login.salesforce.com): Salesforce Help,
+    "OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration"."""
+    async with Emulator(EmulatorSettings(host="127.0.0.1", public_key_pem=key_files[1])) as emu:
+        cfg = make_config(emu.url, key_files[0])
+        assert cfg.audience == "https://login.salesforce.com"
+        tok = await TokenProvider(cfg, session).token()
+        assert tok.instance_url == emu.url
+
+
+async def test_a_sandbox_audience_against_a_production_only_org_names_the_setting(
+        key_files: tuple[Path, bytes], session: aiohttp.ClientSession) -> None:
+    settings = EmulatorSettings(host="127.0.0.1", public_key_pem=key_files[1],
+                                audiences=("https://login.salesforce.com",))
+    async with Emulator(settings) as emu:
+        cfg = make_config(emu.url, key_files[0], audience="https://test.salesforce.com")
+        with pytest.raises(AuthError) as info:
+            await TokenProvider(cfg, session).token()
+        assert info.value.error_description == "audience is invalid"
+        assert "datacloud.audience" in (info.value.hint or "")
+        assert "'https://test.salesforce.com'" in (info.value.hint or "")  # the value in use

@@ -15,12 +15,14 @@ _EPILOG = """\
 examples:
   solar-agent emulator --port 8443 --public-key /etc/solar-agent/jwt.pub --tls-dir /tmp/emu-tls
   solar-agent emulator --port 8080 --public-key jwt.pub --fault-status 503=0.1 --fault-status 429=0.05
+  solar-agent emulator --public-key jwt.pub --fire-and-forget --object-endpoint solar_panel_event_7f3a=solar_panel_event
 
 The emulator serves the login host, the core instance and the Data Cloud tenant on one base URL.
 Point [datacloud] login_url at it (the snippet printed at start is ready to paste), and with
 --tls-dir set ca_file to the printed CA. Change faults while it runs:
   curl -X POST URL/__emulator/faults -d '{"status_rates": {"500": 0.2}}'
-  curl URL/__emulator/stats ; curl 'URL/__emulator/records?count_only=1'
+  curl -X POST URL/__emulator/faults -d '{"answers": {"stream_insert": "html"}}'   # odd answers, see --help
+  curl URL/__emulator/stats ; curl 'URL/__emulator/records?count_only=1' ; curl URL/__emulator/dropped
 Admin routes have no authentication: keep the emulator on loopback (the default host).
 """
 
@@ -45,8 +47,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds before streamed records land (Data Cloud: ~180)")
     p.add_argument("--bulk-processing", type=float, default=0.0, metavar="S", help="seconds a bulk job takes")
     p.add_argument("--rate-limit", type=float, default=250.0, metavar="RPS", help="ingest requests per second")
+    p.add_argument("--audience", action="append", default=[], metavar="URL",
+                   help="a JWT audience to accept (repeatable; default https://login.salesforce.com and "
+                        "https://test.salesforce.com, as Salesforce: never the URL the login is posted to)")
+    p.add_argument("--object-endpoint", action="append", default=[], metavar="ENDPOINT=OBJECT",
+                   help="serve schema object OBJECT under the connector endpoint name ENDPOINT (repeatable)")
+    p.add_argument("--fire-and-forget", action="store_true",
+                   help="answer 202 to every well-formed streaming insert and drop invalid records when "
+                        "processed (see GET /__emulator/dropped); default: a synchronous 400 with a report")
+    p.add_argument("--reject-unknown-csv-columns", action="store_true",
+                   help="refuse bulk files with columns that are not fields (default: ignore those columns)")
     p.add_argument("--lenient", action="store_true",
-                   help="accept schema mismatches in normal streaming and ignore unknown fields")
+                   help="land schema mismatches in normal streaming unchecked and ignore unknown fields")
     p.add_argument("--fault-status", action="append", default=[], metavar="CODE=RATE",
                    help="answer CODE with probability RATE on ingest endpoints (repeatable)")
     p.add_argument("--fault-reset", type=float, default=0.0, metavar="RATE", help="drop connections unanswered")
@@ -64,23 +76,40 @@ def _faults(args: argparse.Namespace) -> Faults:
         try:
             rates[int(code)] = float(rate)
         except ValueError:
-            raise SystemExit(f"Error: --fault-status {item!r} is not CODE=RATE\nTry: --fault-status 503=0.1") from None
+            raise ValueError(f"--fault-status {item!r} is not CODE=RATE, e.g. --fault-status 503=0.1") from None
         if not sep:
-            raise SystemExit(f"Error: --fault-status {item!r} is not CODE=RATE\nTry: --fault-status 503=0.1")
+            raise ValueError(f"--fault-status {item!r} is not CODE=RATE, e.g. --fault-status 503=0.1")
     return Faults(status_rates=rates, reset_rate=args.fault_reset, lose_response_rate=args.fault_lose_response,
                   latency_seconds=args.latency, outage=args.outage)
+
+
+def _pairs(items: list[str], flag: str, form: str, example: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        left, sep, right = item.partition("=")
+        if not sep or not left or not right:
+            raise ValueError(f"{flag} {item!r} is not {form}, e.g. {flag} {example}")
+        out.append((left, right))
+    return tuple(out)
 
 
 def _snippet(emu: Emulator, settings: EmulatorSettings) -> str:
     lines = [
         "[datacloud]",
         f'login_url = "{emu.url}"',
+    ]
+    if settings.audiences:
+        lines.append(f'audience = "{settings.audiences[0]}"')
+    lines += [
         f'client_id = "{settings.client_id}"',
         f'username = "{settings.username}"',
         'private_key_path = "/etc/solar-agent/jwt.key"   # the key matching --public-key',
         f'source_name = "{settings.source_name}"',
-        f'object_name = "{settings.object_name}"',
     ]
+    endpoint = next((e for e, o in settings.object_endpoints if o == settings.object_name), None)
+    if endpoint is not None:
+        lines.append(f'object_endpoint = "{endpoint}"')
+    lines.append(f'object_name = "{settings.object_name}"')
     if emu.ca_file is not None:
         lines.append(f'ca_file = "{emu.ca_file}"')
     return "\n".join(lines)
@@ -115,7 +144,11 @@ def _main(args: argparse.Namespace) -> int:
             username=args.username, source_name=args.source_name, schema_path=args.schema, db_path=args.db,
             tls_dir=args.tls_dir, processing_delay_seconds=args.processing_delay,
             bulk_processing_seconds=args.bulk_processing, rate_limit_rps=args.rate_limit,
-            validate_streaming=not args.lenient, reject_unknown_fields=not args.lenient)
+            validate_streaming=not args.lenient, reject_unknown_fields=not args.lenient,
+            audiences=tuple(args.audience), fire_and_forget=args.fire_and_forget,
+            reject_unknown_csv_columns=args.reject_unknown_csv_columns,
+            object_endpoints=_pairs(args.object_endpoint, "--object-endpoint", "ENDPOINT=OBJECT",
+                                    "solar_panel_event_7f3a=solar_panel_event"))
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(settings, faults))
     except ValueError as exc:

@@ -16,12 +16,14 @@ class ApiError(Exception):
     def __init__(
         self, status: int, message: str, *, details: dict[str, Any] | None = None,
         retry_after: float | None = None, code: str = "COMMON_ERROR_GENERIC",
+        retry_after_header: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
         self.retry_after = retry_after
+        self.retry_after_header = retry_after_header  # sent verbatim (fault injection), wins over retry_after
         self.code = code
 
 
@@ -43,7 +45,9 @@ def error_response(err: ApiError, path: str, tenant_id: str) -> web.Response:
     if err.details is not None:
         body["details"] = err.details
     headers = {}
-    if err.retry_after is not None:
+    if err.retry_after_header is not None:
+        headers["Retry-After"] = err.retry_after_header
+    elif err.retry_after is not None:
         # Integer seconds, at least 1: HTTP allows only delta-seconds, and 0 invites a hot loop.
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
     return web.json_response(body, status=err.status, headers=headers)

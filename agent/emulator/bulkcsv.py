@@ -29,7 +29,16 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-from agent.emulator.schema import DATE_RE, DATETIME_RE, FieldType, ObjectSchema
+from agent.emulator.schema import (
+    DATE_RE,
+    DATETIME_RE,
+    FieldType,
+    ObjectSchema,
+    calendar_ok,
+    calendar_ok_joined,
+    valid_date,
+    valid_datetime,
+)
 
 Chunk = tuple[list[str], list[str]]  # (primary keys, record JSON texts; empty for deletes)
 
@@ -93,10 +102,10 @@ def _json_column(field: str, ftype: FieldType, cells: tuple[str, ...], first_row
             out.append(low or "null")
         return out
     column_re = _COLUMN_RE.get(ftype.format or "")
-    if column_re is not None and not joined_ok(column_re):
-        pattern = DATETIME_RE if ftype.format == "date-time" else DATE_RE
+    if column_re is not None and not (joined_ok(column_re) and calendar_ok(cells, ftype.format or "")):
+        valid = valid_datetime if ftype.format == "date-time" else valid_date
         for i, cell in enumerate(cells):
-            if cell and not pattern.match(cell):
+            if cell and not valid(cell):
                 raise bad(i, f"a valid {ftype.format}")
     return ["null" if not cell else text for cell, text in zip(cells, map(_encode_str, cells), strict=True)]
 
@@ -106,6 +115,13 @@ def _all_match(values: set[str], check: re.Pattern[str]) -> bool:
     if len(values) > _FEW:
         values = set("\n".join(values).translate(_SHAPE).split("\n"))
     return all(check.fullmatch(v) for v in values)
+
+
+def _all_dates(values: set[str], check: re.Pattern[str], fmt: str) -> bool:
+    """Every value has the date (or date-time) shape and is a real calendar day and time."""
+    joined = "\n".join(values)
+    shapes = set(joined.translate(_SHAPE).split("\n")) if len(values) > _FEW else values
+    return all(check.fullmatch(v) for v in shapes) and calendar_ok_joined(joined, fmt)
 
 
 def _row_end(text: str) -> int:
@@ -157,7 +173,9 @@ class _StreamingCsv:
 
 class UpsertConverter(_StreamingCsv):
     """An upsert file: a header of field names, then rows. Bulk updates are full replace:
-    schema fields absent from the header are stored as null.
+    schema fields absent from the header are stored as null. Header columns that are not fields
+    of the object are ignored ([BI] "Prepare CSV Files": "Results only include columns that are a
+    match"), or refuse the file with ``reject_unknown`` (the other reading of "must be the same").
     """
 
     def __init__(self, obj: ObjectSchema, *, reject_unknown: bool) -> None:
@@ -282,7 +300,7 @@ class UpsertConverter(_StreamingCsv):
                 elif ftype.type == "boolean":
                     ok, quoted = distinct <= {"true", "false"}, False
                 else:
-                    ok, quoted = pattern is not None and _all_match(distinct, pattern), True
+                    ok, quoted = pattern is not None and _all_dates(distinct, pattern, ftype.format or ""), True
                 if not ok:
                     return None
             if empty:  # '' -> null; strings get their quotes here, so the column goes unquoted
@@ -330,7 +348,7 @@ class DeleteConverter(_StreamingCsv):
                     raise CsvFileError(f"line {self._line}: a delete file has 1 or 2 columns, found {len(row)}")
                 if row[0] == "":
                     raise CsvFileError(f"line {self._line}: empty primary key")
-                if len(row) == 2 and not DATETIME_RE.match(row[1]):
+                if len(row) == 2 and not valid_datetime(row[1]):
                     raise CsvFileError(f"line {self._line}: [{row[1]}] is not a valid date-time")
                 pks.append(row[0])
         except csv.Error as exc:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import shutil
 import socket
 import tempfile
@@ -26,10 +27,12 @@ from typing import Any, Final, TypeVar
 
 from aiohttp import web
 
+from agent.emulator import answers
 from agent.emulator._http import ApiError, error_response
 from agent.emulator.auth import HTML_REDIRECT_PAGE, OAuthError, TokenAuthority, load_verifying_key
 from agent.emulator.bulk import Job, JobBook
 from agent.emulator.bulkcsv import CsvFileError, DeleteConverter, UpsertConverter
+from agent.emulator.dropped import DroppedLog
 from agent.emulator.schema import (
     ObjectSchema,
     default_schema_path,
@@ -37,7 +40,7 @@ from agent.emulator.schema import (
     parse_json_strict,
     validate_record,
 )
-from agent.emulator.settings import DEFAULT_LOGIN_AUDIENCES, EmulatorSettings, Faults
+from agent.emulator.settings import ANSWERS_AFTER, ANSWERS_BEFORE, DEFAULT_LOGIN_AUDIENCES, EmulatorSettings, Faults
 from agent.emulator.store import LandedStore, StagedJob
 from agent.emulator.tls import ensure_certificates, server_context
 
@@ -131,8 +134,11 @@ class Emulator:
             settings.schema_path or default_schema_path(), settings.primary_key)
         if settings.object_name not in self._objects:
             raise ValueError(f"object {settings.object_name!r} is not in the schema file")
+        self._endpoints = _endpoint_map(self._objects, settings.object_endpoints)
         key = load_verifying_key(settings.public_key_pem) if settings.public_key_pem else None
-        self._auth = TokenAuthority(key, settings.client_id, settings.username, (), settings.token_lifetime_seconds)
+        audiences = tuple(a.rstrip("/") for a in (settings.audiences or DEFAULT_LOGIN_AUDIENCES))
+        self._auth = TokenAuthority(key, settings.client_id, settings.username, audiences,
+                                    settings.token_lifetime_seconds)
         self._faults = Faults()
         self._rng = random.Random()
         self._bucket = _TokenBucket(settings.rate_limit_rps)
@@ -146,6 +152,8 @@ class Emulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._landed = asyncio.Condition()
         self.stats = EmulatorStats()
+        self.dropped = DroppedLog()  # fire-and-forget: accepted, then dropped as invalid when processed
+        self._release_hung = asyncio.Event()
         self.url = ""
         self.ca_file: Path | None = None
         self._runner: web.AppRunner | None = None
@@ -166,7 +174,6 @@ class Emulator:
         port = sock.getsockname()[1]
         scheme = "https" if ssl_ctx else "http"
         self.url = f"{scheme}://{s.host}:{port}"
-        self._auth.audiences = tuple(a.rstrip("/") for a in (s.audiences or (self.url, *DEFAULT_LOGIN_AUDIENCES)))
         app = web.Application(middlewares=[self._middleware])
         self._add_routes(app)
         # A test peer: handlers sleeping in injected latency must not hold up its teardown for 60 s.
@@ -177,6 +184,7 @@ class Emulator:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._release_hung.set()  # requests told to hang end now, so the server can stop
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -209,6 +217,14 @@ class Emulator:
                 await self._landed.wait_for(lambda: self.store.count() >= n)
         except TimeoutError:
             raise TimeoutError(f"{self.store.count()} of {n} records landed within {timeout}s") from None
+
+    async def wait_dropped(self, n: int, timeout: float) -> None:
+        """Wait until at least ``n`` records were dropped at processing; TimeoutError after ``timeout`` s."""
+        try:
+            async with asyncio.timeout(timeout), self._landed:
+                await self._landed.wait_for(lambda: self.dropped.total >= n)
+        except TimeoutError:
+            raise TimeoutError(f"{self.dropped.total} of {n} records dropped within {timeout}s") from None
 
     def staged_rows(self, job_id: str) -> int:
         """Rows of a job validated and staged so far (a file still uploading included); 0 once landed."""
@@ -272,6 +288,7 @@ class Emulator:
         faults = self._faults
         self.stats.tick()
         ingest = endpoint in INGEST_ENDPOINTS
+        odd = faults.answers.get(endpoint)
         status = 0
         try:
             if faults.outage:
@@ -279,6 +296,13 @@ class Emulator:
                 self._drop(request)
             if faults.latency_seconds > 0:
                 await asyncio.sleep(faults.latency_seconds)  # injected latency, by design
+            if odd in ANSWERS_BEFORE:
+                try:
+                    response = await answers.before(odd, request, faults, self._release_hung)
+                except ConnectionAbortedError:
+                    self._drop(request)
+                status = response.status
+                return response
             try:
                 if ingest:
                     self._pre_ingest(request, faults)
@@ -289,6 +313,8 @@ class Emulator:
                 if exc.status < 400:
                     raise
                 response = error_response(ApiError(exc.status, exc.reason), request.path, self.settings.tenant_id)
+            if odd in ANSWERS_AFTER:
+                response = await answers.after(odd, response, request, faults)
             if ingest and response.status < 300 and self._roll(faults.lose_response_rate):
                 self.stats.lost_responses += 1
                 self._drop(request)
@@ -311,7 +337,8 @@ class Emulator:
         wait = self._bucket.take()
         if wait > 0:
             self.stats.rate_limited += 1
-            raise ApiError(429, "request rate limit exceeded", retry_after=wait, code="LIMIT_EXCEEDED")
+            raise ApiError(429, "request rate limit exceeded", retry_after=wait, code="LIMIT_EXCEEDED",
+                           retry_after_header=faults.retry_after_header)
         if faults.status_rates:
             pick, acc = self._rng.random(), 0.0
             for st, rate in sorted(faults.status_rates.items()):
@@ -319,7 +346,8 @@ class Emulator:
                 if pick < acc:
                     self.stats.injected += 1
                     retry = faults.retry_after_seconds if st == 429 else None
-                    raise ApiError(st, "injected fault", retry_after=retry)
+                    header = faults.retry_after_header if st == 429 else None
+                    raise ApiError(st, "injected fault", retry_after=retry, retry_after_header=header)
         if not self._auth.check_bearer(request.headers.get("Authorization")):
             raise ApiError(401, "JWT is invalid or expired", code="INVALID_TOKEN")
 
@@ -341,6 +369,7 @@ class Emulator:
         r.add_get("/__emulator/faults", self._admin_get_faults, name="admin_get_faults")
         r.add_get("/__emulator/stats", self._admin_stats, name="admin_stats")
         r.add_get("/__emulator/records", self._admin_records, name="admin_records")
+        r.add_get("/__emulator/dropped", self._admin_dropped, name="admin_dropped")
 
     # --- tokens --------------------------------------------------------------------------------
     async def _form(self, request: web.Request) -> dict[str, str]:
@@ -370,8 +399,9 @@ class Emulator:
 
     # --- streaming -----------------------------------------------------------------------------
     def _object(self, request: web.Request) -> ObjectSchema:
+        """The schema object behind the URL's object endpoint (404 for an unknown connector or endpoint)."""
         src, name = request.match_info["source"], request.match_info["object"]
-        obj = self._objects.get(name)
+        obj = self._objects.get(self._endpoints.get(name, ""))
         if src != self.settings.source_name or obj is None:
             raise ApiError(404, f"no ingestion object {src}/{name}", code="NOT_FOUND")
         return obj
@@ -387,45 +417,71 @@ class Emulator:
                 raise too_big
         return bytes(buf)
 
-    async def _records(self, request: web.Request, obj: ObjectSchema, validate: bool) -> list[dict[str, Any]]:
+    async def _records(self, request: web.Request, obj: ObjectSchema, validate: bool) -> list[Any]:
+        """The ``data`` array of a streaming body; with ``validate``, a 400 report for any mismatch."""
         raw = await self._read_limited(request, self.settings.max_body_bytes)
         try:
             payload = parse_json_strict(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ApiError(400, f"Malformed JSON: {exc}") from None
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             raise ApiError(400, "the body must be a JSON object with a \"data\" array")
         if not data:
             raise ApiError(400, "the \"data\" array is empty")
-        s = self.settings
-        report = []
-        for record in data:
-            problems = validate_record(obj, record, reject_unknown=s.reject_unknown_fields,
-                                       require_all=s.require_all_fields) if validate else []
-            if not validate and not isinstance(record, dict):
-                problems = ["#: expected type: JSONObject"]
-            if problems:
-                report.append({"record": json.dumps(record, separators=(",", ":")), "causingExceptions": problems})
-        if report:
-            raise ApiError(400, "Bad Request: JSON is properly formatted but has a mismatch with Schema.",
-                           details={"validationReport": report})
+        if validate:
+            report = [{"record": json.dumps(record, separators=(",", ":")), "causingExceptions": problems}
+                      for record in data if (problems := self._problems(obj, record))]
+            if report:
+                raise ApiError(400, "Bad Request: JSON is properly formatted but has a mismatch with Schema.",
+                               details={"validationReport": report})
         return data
+
+    def _problems(self, obj: ObjectSchema, record: Any) -> list[str]:
+        s = self.settings
+        return validate_record(obj, record, reject_unknown=s.reject_unknown_fields, require_all=s.require_all_fields)
 
     async def _stream_insert(self, request: web.Request) -> web.Response:
         obj = self._object(request)
-        data = await self._records(request, obj, self.settings.validate_streaming)
-        pairs = [
+        s = self.settings
+        endpoint = request.match_info["object"]
+        if s.fire_and_forget:
+            # Only the envelope is checked now; each record is judged when processed, and an invalid
+            # one is dropped there without telling the sender (Data Cloud's fire-and-forget, [SI]).
+            data = await self._records(request, obj, validate=False)
+            await self._land(partial(self._process_stream, obj, endpoint, data), "stream")
+        else:
+            data = await self._records(request, obj, s.validate_streaming)
+            if any(not isinstance(r, dict) for r in data):
+                raise ApiError(400, "Bad Request: JSON is properly formatted but has a mismatch with Schema.",
+                               details={"validationReport": [{"record": json.dumps(r), "causingExceptions": [
+                                   "#: expected type: JSONObject"]} for r in data if not isinstance(r, dict)]})
+            pairs = self._pairs(obj, data)
+            await self._land(lambda: self.store.upsert(pairs), "stream")
+        return web.json_response({"accepted": True}, status=202)
+
+    @staticmethod
+    def _pairs(obj: ObjectSchema, data: list[Any]) -> list[tuple[str, str]]:
+        return [
             (str(r[obj.primary_key]), json.dumps({f: r.get(f) for f in obj.fields}, separators=(",", ":")))
             for r in data if r.get(obj.primary_key) not in (None, "")
         ]
-        await self._land(lambda: self.store.upsert(pairs), "stream")
-        return web.json_response({"accepted": True}, status=202)
+
+    def _process_stream(self, obj: ObjectSchema, endpoint: str, data: list[Any]) -> None:
+        """Fire-and-forget processing (store thread): valid records land, invalid ones are dropped."""
+        valid = []
+        for record in data:
+            problems = self._problems(obj, record)
+            if problems:
+                self.dropped.add(obj.name, endpoint, record, problems)
+            else:
+                valid.append(record)
+        self.store.upsert(self._pairs(obj, valid))
 
     async def _stream_test(self, request: web.Request) -> web.Response:
         obj = self._object(request)
         await self._records(request, obj, validate=True)
-        # Docs: "a status code in the 200s"; the body is undocumented. Nothing is stored.
+        # [VAL]/[STW]: "a status code in the 200s"; the body is undocumented. Nothing is stored.
         return web.json_response({"accepted": True}, status=200)
 
     async def _stream_delete(self, request: web.Request) -> web.Response:
@@ -459,7 +515,7 @@ class Emulator:
             raise ApiError(400, f"Malformed JSON: {exc}") from None
 
     async def _job_create(self, request: web.Request) -> web.Response:
-        job = self._jobs.create(await self._json_body(request), set(self._objects), self.settings.source_name)
+        job = self._jobs.create(await self._json_body(request), set(self._endpoints), self.settings.source_name)
         log.info("bulk job created job=%s operation=%s object=%s", job.id, job.operation, job.object)
         return web.json_response(job.to_json(), status=201)
 
@@ -527,7 +583,8 @@ class Emulator:
             if staged is None:
                 path = self._workdir / f"staged-{job_id}.sqlite"
                 staged = self._staged[job_id] = await asyncio.to_thread(StagedJob, path, job.operation)
-            converter = (UpsertConverter(self._objects[job.object], reject_unknown=self.settings.reject_unknown_fields)
+            obj = self._objects[self._endpoints[job.object]]  # a job names the object endpoint
+            converter = (UpsertConverter(obj, reject_unknown=self.settings.reject_unknown_csv_columns)
                          if job.operation == "upsert" else DeleteConverter())
             try:
                 n = await self._stage_upload(request, converter, staged, limit)
@@ -609,6 +666,13 @@ class Emulator:
         body["jobs"] = {j.id: j.state for j in self._jobs.jobs.values()}
         return web.json_response(body)
 
+    async def _admin_dropped(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            return web.json_response({"error": "limit must be an integer"}, status=400)
+        return web.json_response(self.dropped.as_json(limit))
+
     async def _admin_records(self, request: web.Request) -> web.Response:
         if request.query.get("count_only") in ("1", "true"):
             return web.json_response({"count": self.store.count()})
@@ -618,6 +682,25 @@ class Emulator:
             return web.json_response({"error": "limit must be an integer"}, status=400)
         rows = await self._in_store(lambda: self.store.rows(limit))
         return web.json_response({"count": self.store.count(), "records": rows})
+
+
+def _endpoint_map(objects: dict[str, ObjectSchema], mapped: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Object endpoint name -> schema object: the mapped ones, and every other object under its own name."""
+    out: dict[str, str] = {}
+    for endpoint, obj in mapped:
+        if obj not in objects:
+            raise ValueError(f"object_endpoints: {obj!r} is not an object of the schema file")
+        if endpoint in out or not _ENDPOINT_RE.match(endpoint):
+            raise ValueError(f"object_endpoints: {endpoint!r} is a duplicate or not a valid endpoint name")
+        out[endpoint] = obj
+    renamed = set(out.values())
+    for name in objects:
+        if name not in renamed and name not in out:
+            out[name] = name
+    return out
+
+
+_ENDPOINT_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
 
 def _consume(fut: asyncio.Future[None]) -> None:

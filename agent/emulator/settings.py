@@ -8,9 +8,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+# What Salesforce accepts as a JWT bearer assertion's aud: the login servers, or an Experience Cloud
+# site URL (Salesforce Help, "OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration",
+# https://help.salesforce.com/s/articleView?id=xcloud.remoteaccess_oauth_jwt_flow.htm). Never the
+# host the token request was posted to when that is a My Domain, and so never the emulator's own URL.
 DEFAULT_LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
+# Every endpoint the emulator serves outside its admin API (route names).
+ENDPOINTS: Final = frozenset({
+    "oauth_token", "a360_token", "stream_insert", "stream_test", "stream_delete",
+    "job_create", "job_list", "job_get", "job_patch", "job_delete", "job_upload",
+})
+# Odd answers an endpoint can be told to give (Faults.answers), for the clients' hostile-answer tests.
+# Answered before the request reaches "Data Cloud" (something in between answers; nothing happens):
+#   html      200 text/html (a captive portal's page)      html_400  400 text/html (a proxy's refusal)
+#   empty     200 with an empty body                       redirect  302 to a login page
+#   throttle  429 with Faults.retry_after_header verbatim  hang      no answer at all, ever
+# Answered after the request was handled (it took effect; the answer is broken on the way back):
+#   truncated the JSON answer cut in half                  huge      a JSON answer of huge_answer_bytes
+#   list      the JSON answer wrapped in a list            wrong_types  every top-level value of the wrong type
+#   nulls     every top-level value null                   missing   {} (every field missing)
+ANSWERS_BEFORE: Final = frozenset({"html", "html_400", "empty", "redirect", "throttle", "hang"})
+ANSWERS_AFTER: Final = frozenset({"truncated", "huge", "list", "wrong_types", "nulls", "missing"})
 
 
 @dataclass(frozen=True)
@@ -28,9 +48,14 @@ class EmulatorSettings:
     public_key_pem: bytes = b""  # PEM public key or X.509 certificate verifying the RS256 JWT assertion
     client_id: str = "solar-agent"
     username: str = "agent@solar.example"
-    audiences: tuple[str, ...] = ()  # empty = own base URL + login/test.salesforce.com
+    audiences: tuple[str, ...] = ()  # accepted JWT aud values; empty = DEFAULT_LOGIN_AUDIENCES
     source_name: str = "solar_agent"
     object_name: str = "solar_panel_event"
+    # The connector's object endpoints: (endpoint name, schema object). The streaming URL and a bulk
+    # job's "object" name the endpoint; objects not listed are reachable under their own name. The
+    # docs show endpoint names that are not plain schema names ([INS] posts to
+    # .../sources/ntotest/exercises_734a9fa2) and say to use the downloaded endpoints ([SI]).
+    object_endpoints: tuple[tuple[str, str], ...] = ()
     primary_key: str = "event_id"
     schema_path: Path | None = None  # None = agent/data/solar_panel_event.yaml
     db_path: Path | None = None  # None = a temp file removed at exit
@@ -44,8 +69,18 @@ class EmulatorSettings:
     max_concurrent_jobs: int = 5
     max_jobs_per_hour: int = 20
     max_delete_ids: int = 200
-    validate_streaming: bool = True  # schema mismatch in normal streaming -> 400 (docs: only /actions/test is sure)
-    reject_unknown_fields: bool = True  # unknown field in a record or CSV header -> 400
+    validate_streaming: bool = True  # False: normal streaming lands records unchecked (benchmarks only)
+    # How the normal streaming insert treats records that do not match the schema. Data Cloud
+    # documents streaming as fire-and-forget ("processed asynchronously approximately every 3
+    # minutes", [SI]) with per-record feedback only from /actions/test ([VAL]); whether the insert
+    # itself ever answers 400 for a mismatch is not documented. False: a synchronous 400 with a
+    # validationReport (the stricter answer). True: 202 for every well-formed envelope, and the
+    # invalid records are dropped when processed (read them at GET /__emulator/dropped).
+    fire_and_forget: bool = False
+    reject_unknown_fields: bool = True  # unknown field in a streamed record -> invalid (undocumented, §9)
+    # Bulk CSV columns that are not fields of the object. [BI] "Prepare CSV Files": "Results only
+    # include columns that are a match", so by default they are ignored; True refuses the file.
+    reject_unknown_csv_columns: bool = False
     require_all_fields: bool = False  # docs: "should be present"; missing fields are null by default
     tls_dir: Path | None = None
     dc_instance_url_style: Literal["bare", "scheme"] = "bare"
@@ -65,6 +100,9 @@ class Faults:
     expire_tokens: bool = False  # one shot: every token issued so far is expired (-> 401)
     fail_next_jobs: int = 0  # the next N closed bulk jobs end Failed, nothing lands
     html_on_reused_core_token: bool = False  # 2nd a360 exchange of one core token -> 200 HTML (Help 005104785)
+    answers: dict[str, str] = field(default_factory=dict)  # endpoint -> odd answer kind (see ANSWERS_*)
+    retry_after_header: str | None = None  # sent verbatim as Retry-After with every 429 when set
+    huge_answer_bytes: int = 64 << 20  # size of a "huge" answer
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -76,8 +114,16 @@ class Faults:
             raise ValueError("status_rates: the rates add up to more than 1")
         _check_rate("reset_rate", self.reset_rate)
         _check_rate("lose_response_rate", self.lose_response_rate)
-        if self.latency_seconds < 0 or self.fail_next_jobs < 0:
-            raise ValueError("latency_seconds and fail_next_jobs must not be negative")
+        if self.latency_seconds < 0 or self.fail_next_jobs < 0 or self.huge_answer_bytes < 0:
+            raise ValueError("latency_seconds, fail_next_jobs and huge_answer_bytes must not be negative")
+        for endpoint, kind in self.answers.items():
+            if endpoint not in ENDPOINTS:
+                raise ValueError(f"answers: unknown endpoint {endpoint!r}; known: {sorted(ENDPOINTS)}")
+            if kind not in ANSWERS_BEFORE | ANSWERS_AFTER:
+                raise ValueError(f"answers[{endpoint}]: unknown kind {kind!r}; "
+                                 f"known: {sorted(ANSWERS_BEFORE | ANSWERS_AFTER)}")
+        if self.retry_after_header is not None and any(c in self.retry_after_header for c in "\r\n"):
+            raise ValueError("retry_after_header must be one line")
 
     @classmethod
     def from_json(cls, data: Any) -> Faults:
@@ -91,11 +137,14 @@ class Faults:
         kwargs = dict(data)
         if "status_rates" in kwargs:
             kwargs["status_rates"] = {int(k): float(v) for k, v in kwargs["status_rates"].items()}
+        if "answers" in kwargs:
+            kwargs["answers"] = {str(k): str(v) for k, v in kwargs["answers"].items()}
         return cls(**kwargs)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["status_rates"] = {str(k): v for k, v in self.status_rates.items()}
+        out["answers"] = dict(self.answers)
         return out
 
 

@@ -91,11 +91,15 @@ async def test_delete_job(emu: Emulator, http: aiohttp.ClientSession, auth: dict
 
 @pytest.mark.parametrize("csv", [
     "",                                           # no header
-    "event_id,nope\na,1\n",                        # unknown column
     "date_time,site_id\n2024-05-01T00:00:00Z,s\n",  # no primary key column
     HEADER + "a,2024-05-01T00:00:00Z,s1\n",        # short row
     HEADER + "a,2024-05-01T00:00:00Z,s1,abc\n",    # not a number
     HEADER + "a,05/01/2024,s1,1\n",                # not a datetime
+    # Digits in the documented shape, but no instant (yyyy-MM-ddTHH:mm:ss.SSSZ, [SCH]/[GS]):
+    HEADER + "a,2024-13-01T00:00:00.000Z,s1,1\n",  # month 13
+    HEADER + "a,2024-05-32T00:00:00.000Z,s1,1\n",  # day 32
+    HEADER + "a,2024-05-01T25:00:00.000Z,s1,1\n",  # hour 25
+    HEADER + "a,2023-02-29T00:00:00.000Z,s1,1\n",  # February 29 of a common year
     HEADER + ',2024-05-01T00:00:00Z,s1,1\n',        # empty primary key
     HEADER + 'a,2024-05-01T00:00:00Z,"s1,1\n',      # unterminated quote
     "event_id;date_time\na;b\n",                   # semicolons are not a delimiter
@@ -110,6 +114,45 @@ async def test_bad_upsert_files_are_400_and_stage_nothing(
     await patch(http, emu, auth, job["id"], "UploadComplete")
     await wait_state(http, emu, auth, job["id"], {"JobComplete"})
     assert emu.store.keys() == {"ok"}
+
+
+async def test_impossible_dates_are_refused_among_many_rows(emu: Emulator, http: aiohttp.ClientSession,
+                                                             auth: dict[str, str]) -> None:
+    """Month 13 hidden in a big plain file (the fast path judges columns by their shape) is still refused."""
+    rows = "".join(f"k{i},2024-05-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000Z,s1,{i}\n"
+                   for i in range(5000))
+    job = await create(http, emu, auth)
+    assert (await upload(http, emu, auth, job["id"], HEADER + rows)).status == 202
+    bad = rows.replace("k4321,2024-05-01", "k4321,2024-13-01")
+    resp = await upload(http, emu, auth, job["id"], HEADER + bad)
+    assert resp.status == 400
+    assert "[2024-13-01T" in (await resp.json())["message"]
+    feb = rows.replace("k17,2024-05-01", "k17,2024-02-30")
+    assert (await upload(http, emu, auth, job["id"], HEADER + feb)).status == 400
+
+
+async def test_columns_not_in_the_schema_are_ignored(emu: Emulator, http: aiohttp.ClientSession,
+                                                     auth: dict[str, str]) -> None:
+    """[BI] "Prepare CSV Files" (atlas 252.0 c360a_api_bulk_ingestion.htm): "Results only include
+    columns that are a match"; the other columns of the file are not ingested."""
+    job = await create(http, emu, auth)
+    csv = "event_id,nope,ac_power_w,Also_Not\na,1,2.5,x\nb,,3,\n"
+    assert (await upload(http, emu, auth, job["id"], csv)).status == 202
+    await patch(http, emu, auth, job["id"], "UploadComplete")
+    await wait_state(http, emu, auth, job["id"], {"JobComplete"})
+    landed = emu.store.get("a")
+    assert landed is not None and landed["ac_power_w"] == 2.5
+    assert "nope" not in landed and "Also_Not" not in landed
+
+
+async def test_unknown_columns_can_be_refused(http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """The other reading of "must be the same as the Datasource Object's field names" ([BI])."""
+    async with running_emulator(tmp_path, reject_unknown_csv_columns=True) as emu:
+        auth = await dc_headers(http, emu, tmp_path / "jwt.key")
+        job = await create(http, emu, auth)
+        resp = await upload(http, emu, auth, job["id"], "event_id,nope\na,1\n")
+        assert resp.status == 400
+        assert "nope" in (await resp.json())["message"]
 
 
 async def test_bad_files_other_cases(emu: Emulator, http: aiohttp.ClientSession, auth: dict[str, str]) -> None:

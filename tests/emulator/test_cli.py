@@ -54,3 +54,53 @@ async def test_missing_key_file_is_a_usage_error(tmp_path: Path) -> None:
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"Error:" in err and b"Try:" in err
+
+
+async def test_documents_switches_and_the_snippet(tmp_path: Path) -> None:
+    """--audience, --object-endpoint and --fire-and-forget reach the server and the pasted snippet."""
+    _, pub = make_keypair(tmp_path)
+    (tmp_path / "jwt.pub").write_bytes(pub)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "emulator", "--port", "0", "--public-key", str(tmp_path / "jwt.pub"),
+        "--audience", "https://test.salesforce.com", "--fire-and-forget",
+        "--object-endpoint", "solar_panel_event_7f3a=solar_panel_event",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    try:
+        lines: list[str] = []
+        async with asyncio.timeout(20):
+            while not any("object_name" in line for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "emulator exited: " + "".join(lines)
+                lines.append(line)
+        text = "".join(lines)
+        assert 'audience = "https://test.salesforce.com"' in text
+        assert 'object_endpoint = "solar_panel_event_7f3a"' in text
+        url = next(line.split()[-1] for line in lines if "listening on" in line)
+        async with aiohttp.ClientSession() as http:
+            # No token: a 401 from the endpoint name the connector knows, a 404 under the schema name.
+            resp = await http.post(url + "/api/v1/ingest/sources/solar_agent/solar_panel_event_7f3a",
+                                   json={"data": [{"event_id": "a"}]})
+            assert resp.status == 401
+            dropped = await (await http.get(url + "/__emulator/dropped")).json()
+            assert dropped == {"count": 0, "records": []}
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await proc.stdout.read()
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_bad_object_endpoint_is_a_usage_error(tmp_path: Path) -> None:
+    _, pub = make_keypair(tmp_path)
+    (tmp_path / "jwt.pub").write_bytes(pub)
+    for bad in ("no-equals-sign", "x=not_an_object"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent", "emulator", "--public-key", str(tmp_path / "jwt.pub"),
+            "--object-endpoint", bad, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        assert proc.returncode == 2, err
+        assert b"Error:" in err and b"Try:" in err

@@ -46,10 +46,33 @@ async def test_login_claim_checks(
     assert (status, body) == (400, {"error": error, "error_description": description})
 
 
-async def test_login_accepts_own_url_audience_and_prn(emu: Emulator, http: aiohttp.ClientSession,
-                                                      tmp_path: Path) -> None:
-    status, _ = await _login(http, emu, make_assertion(tmp_path / "jwt.key", aud=emu.url))
-    assert status == 200
+async def test_audience_is_a_login_server_never_the_host_posted_to(emu: Emulator, http: aiohttp.ClientSession,
+                                                                   tmp_path: Path) -> None:
+    """Salesforce Help, "OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration"
+    (help.salesforce.com/s/articleView?id=xcloud.remoteaccess_oauth_jwt_flow.htm): aud is
+    https://login.salesforce.com, https://test.salesforce.com or an Experience Cloud site URL. The
+    token request here goes to the emulator's URL (a My Domain's role); that URL is no audience,
+    and the refusal reads `invalid_grant` / `audience is invalid` as users report it
+    (forcedotcom/cli#3325, Talend/components#1423)."""
+    key = tmp_path / "jwt.key"
+    for aud in ("https://login.salesforce.com", "https://test.salesforce.com", "https://login.salesforce.com/"):
+        status, body = await _login(http, emu, make_assertion(key, aud=aud))
+        assert status == 200, (aud, body)
+    for aud in (emu.url, "https://acme.my.salesforce.com", "login.salesforce.com", "http://login.salesforce.com"):
+        status, body = await _login(http, emu, make_assertion(key, aud=aud))
+        assert (status, body) == (400, {"error": "invalid_grant", "error_description": "audience is invalid"}), aud
+
+
+async def test_configured_audiences_only(http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    site = "https://acme.my.site.com/customers"
+    async with running_emulator(tmp_path, audiences=(site,)) as emu:
+        status, _ = await _login(http, emu, make_assertion(tmp_path / "jwt.key", aud=site))
+        assert status == 200
+        status, body = await _login(http, emu, make_assertion(tmp_path / "jwt.key"))  # login.salesforce.com
+        assert (status, body["error_description"]) == (400, "audience is invalid")
+
+
+async def test_login_accepts_legacy_prn(emu: Emulator, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     # Legacy prn wins over sub when both are present.
     status, body = await _login(http, emu, make_assertion(
         tmp_path / "jwt.key", sub="x@y", extra={"prn": "agent@solar.example"}))

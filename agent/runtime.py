@@ -290,9 +290,10 @@ class Agent:
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=8), timeout=timeout)
             )
             tokens = TokenProvider(cfg.datacloud, session)
-            streaming = StreamingClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.object_name,
+            # The URL names the connector's object endpoint; the schema lookup its object name.
+            streaming = StreamingClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.endpoint_name,
                                         max_body_bytes=cfg.drain.batch_max_bytes)
-            bulk = BulkLane(BulkClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.object_name),
+            bulk = BulkLane(BulkClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.endpoint_name),
                             outbox, schema, max_file_bytes=cfg.drain.bulk_file_max_bytes,
                             tmp_dir=cfg.outbox.path.parent)
             drain = Drain(outbox, streaming, bulk, cfg.drain,

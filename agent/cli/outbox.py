@@ -380,7 +380,7 @@ def _export(args: argparse.Namespace) -> int:
     schema = load_schema(cfg.datacloud.schema_path, cfg.datacloud.object_name)
     try:
         result = export_backlog(cfg.outbox.path, args.out, CsvEncoder(schema), max_file_bytes=args.max_file_bytes,
-                                object_name=cfg.datacloud.object_name, source_name=cfg.datacloud.source_name)
+                                object_name=cfg.datacloud.endpoint_name, source_name=cfg.datacloud.source_name)
     except OutboxError as exc:
         return _fail(exc)
     except OSError as exc:

@@ -201,3 +201,26 @@ async def test_a_reloaded_file_that_breaks_the_loader_is_refused_and_nothing_sto
         assert agent._run is not None and agent._run.cfg is before
         sup = agent.supervisor
         assert sup is not None and not any(c.restarts for c in sup.components())
+
+
+async def test_the_running_agent_posts_to_the_object_endpoint(tmp_path: Path) -> None:
+    """A connector's endpoint may differ from the schema's object name (issue #13): the agent's URL
+    uses datacloud.object_endpoint, its schema lookup object_name."""
+    key, public = make_keypair(tmp_path)
+    endpoint = "solar_panel_event_a1b2c3"
+    async with running_emulator(tmp_path, public_key_pem=public, client_id=CLIENT_ID, username=USERNAME,
+                                object_endpoints=((endpoint, "solar_panel_event"),)) as emu:
+        site = write_config(tmp_path, login_url=emu.url, key=key, flush_interval_seconds=0.2)
+        text = site.config.read_text().replace('source_name = "solar_agent"',
+                                               f'source_name = "solar_agent"\nobject_endpoint = "{endpoint}"')
+        site.config.write_text(text)
+        agent = Agent(load_config(site.config), source_factory=lambda cfg: [], clock=ClockGuard(assume_synced=True))
+        task = asyncio.create_task(agent.run())
+        try:
+            await asyncio.wait_for(agent.ready.wait(), 10)
+            from agent.records import Reading
+            await agent._emit([Reading("inv-endpoint", 1_780_000_000_000, "test", {"ac_power_w": 1.0})])
+            await wait_for(lambda: emu.store.count() == 1, 15, "the reading landed through the endpoint")
+        finally:
+            agent.request_stop()
+            assert await asyncio.wait_for(task, STOP_DEADLINE_SECONDS) == 0

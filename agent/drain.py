@@ -22,15 +22,17 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from agent.config import DrainConfig
 from agent.datacloud.streaming import Backoff, DeliveryResult
 from agent.errors import AuthError, DataCloudError, OutboxError, RetryableError, ThrottledError
 from agent.outbox import Lease, OutboxStats
 from agent.records import STREAMING_OVERHEAD
+from agent.schema_guard import HINT as MISMATCH_HINT
+from agent.schema_guard import RECHECK_SECONDS, VALIDATE_EVERY_SECONDS, SchemaGuard
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,15 @@ BULK_MAX_ROWS_PER_JOB = 2_000_000
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _report_reason(report: list[dict[str, Any]]) -> str:
+    """The first problem of a validation report, short."""
+    first = report[0]
+    problems = first.get("causingExceptions") or first.get("message") or first.get("reason") or first
+    if isinstance(problems, list):
+        problems = "; ".join(str(p.get("message", p)) if isinstance(p, dict) else str(p) for p in problems[:3])
+    return str(problems)[:300]
 
 
 @dataclass(slots=True)
@@ -95,6 +106,13 @@ class StreamSink(Protocol):
     """Delivers one batch: accepted and rejected ids; raises Throttled/Retryable/Auth errors."""
 
     async def deliver(self, rows: list[tuple[str, bytes]]) -> DeliveryResult: ...
+
+
+@runtime_checkable
+class SupportsValidate(Protocol):
+    """Optional: a synchronous dry run of records (``/actions/test``); [] when valid, else the report."""
+
+    async def validate(self, payloads: Sequence[bytes]) -> list[dict[str, Any]]: ...
 
 
 class BulkSink(Protocol):
@@ -148,6 +166,7 @@ class Drain:
         beat: Callable[[str], None] | None = None,
         now_ms: Callable[[], int] = wall_ms,
         rng: random.Random | None = None,
+        samples: Callable[[], Awaitable[list[bytes]]] | None = None,
     ) -> None:
         self.outbox = outbox
         self.stream = stream
@@ -179,6 +198,11 @@ class Drain:
         self._force_bulk = False
         # Rows per stream lease: bytes decide, this only bounds the lease query.
         self._max_records = 5000
+        # A connector schema that is not ours (agent/schema_guard.py). ``samples`` gives records to
+        # validate with /actions/test: the oldest queued one, then one with a value in every field.
+        self.guard = SchemaGuard()
+        self._samples = samples
+        self._validate_at = 0.0            # monotonic time of the next validation (0: at start)
 
     # -- inputs -------------------------------------------------------------------------------------
     def notify_appended(self, count: int, payload_bytes: int) -> None:
@@ -194,6 +218,8 @@ class Drain:
     def flush_now(self, bulk: bool = False) -> None:
         """An operator asked for delivery now (`solar-agent drain --now`): end waits and backoffs."""
         self._first_unsent_ms = 0
+        if self.guard.mismatch:
+            self._validate_at = 0.0        # check the connector's schema again at once
         self.stream_state.retry_at_ms = None
         self._kick.set()
         if bulk:
@@ -203,6 +229,8 @@ class Drain:
     @property
     def lane(self) -> str:
         """The lane status shows: bulk while a job runs, else stream, or 'retrying' while backing off."""
+        if self.guard.mismatch:
+            return "stopped"
         if self.bulk_state.active:
             return "bulk+stream"
         if self.stream_state.consecutive_failures:
@@ -233,6 +261,11 @@ class Drain:
         self._first_unsent_ms = self.now_ms() - int(interval * 1000) + int(spread_s * 1000)
         while not self._stopping:
             self._beat("drain")
+            if self._samples is not None and time.monotonic() >= self._validate_at:
+                await self._validate()
+            if self.guard.mismatch:
+                await self._kick.wait(max(0.0, min(self._validate_at - time.monotonic(), 5.0)))
+                continue
             due = self._flush_due_in(interval)
             if due > 0:
                 await self._kick.wait(min(due, 5.0))
@@ -240,6 +273,46 @@ class Drain:
             delay = await self.drain_stream_once()
             if delay > 0:
                 await self._kick.wait(delay)
+
+    async def _validate(self) -> None:
+        """Real records through /actions/test: refused all, it is a schema mismatch (see schema_guard).
+
+        The oldest queued record first; if it is refused, one with a value in every field: the oldest
+        may be bad on its own (the normal path dead-letters it), which is no reason to stop.
+        """
+        assert self._samples is not None
+        self._validate_at = time.monotonic() + (RECHECK_SECONDS if self.guard.mismatch else VALIDATE_EVERY_SECONDS)
+        if not isinstance(self.stream, SupportsValidate):
+            return
+        report: list[dict[str, Any]] = []
+        try:
+            for sample in await self._samples():
+                report = await self.stream.validate([sample])
+                if not report:
+                    break
+        except DataCloudError as exc:
+            if exc.status in (403, 404, 405, 501):
+                # The org does not offer the dry run: the refusal rule still guards the rows.
+                log.info("stream: /actions/test is not available (%s); schema checked by refusals only", exc)
+                self._validate_at = time.monotonic() + 24 * 3600.0
+            else:
+                self._validate_at = time.monotonic() + 60.0   # transient: try again soon, deliver meanwhile
+            return
+        except Exception as exc:  # contained like any delivery error: never stop the lane for a dry run
+            log.debug("stream: validation traceback", exc_info=exc)
+            self._validate_at = time.monotonic() + 60.0
+            return
+        if report:
+            reason = _report_reason(report)
+            if self.guard.mismatch != reason:
+                log.error("stream: Data Cloud refuses our records (%s); delivery stopped, every row stays in "
+                          "the outbox hint=%s", reason, MISMATCH_HINT)
+            self.guard.declare(reason, "validation")
+        elif self.guard.mismatch:
+            log.info("stream: the connector accepts our records again; delivery resumes")
+            self.guard.clear()
+            self._kick.set()
+            self._bulk_kick.set()
 
     def _flush_due_in(self, interval: float) -> float:
         """Seconds until the next flush is due: now if a batch is full or the oldest unsent row aged."""
@@ -330,6 +403,12 @@ class Drain:
             state.active = False
         accepted = result.accepted_ids
         rejected = result.rejected
+        if rejected and not accepted:
+            verdict = self.guard.on_refused(rejected)
+            if verdict != "dead_letter":
+                return await self._refused(lease, rejected, verdict)
+        elif accepted:
+            self.guard.on_accepted()
         if rejected:
             await self.outbox.reject(lease, rejected)
             state.rejected_total += len(rejected)
@@ -345,6 +424,22 @@ class Drain:
         state.ok(self.now_ms(), acked)
         self._on_sent("stream", acked)
         return 0.0
+
+    async def _refused(self, lease: Lease, rejected: dict[str, str], verdict: str) -> float:
+        """Every record of the batch refused for one reason: keep the rows; defer them or stop."""
+        reason = next(iter(rejected.values()))
+        if verdict == "defer":
+            # Not dead letters yet: the next batch (other rows) tells a schema from bad records.
+            await self.outbox.nack(lease, self.now_ms() + int(self.cfg.flush_interval_seconds * 1000))
+            log.warning("stream: Data Cloud refused all %d record(s) of a batch (%s); kept in the outbox while "
+                        "the next batch shows whether the connector's schema is the cause", lease.count, reason)
+            self._kick.set()
+            return 0.0
+        await self.outbox.nack(lease, 0)
+        self._validate_at = time.monotonic() + RECHECK_SECONDS
+        log.error("stream: Data Cloud refuses every record for the same reason (%s); delivery stopped, every row "
+                  "stays in the outbox hint=%s", reason, MISMATCH_HINT)
+        return RECHECK_SECONDS
 
     async def _retry_later(self, lease: Lease, error: str, delay: float) -> float:
         retry_at = self.now_ms() + int(delay * 1000)
@@ -409,7 +504,8 @@ class Drain:
                 await self._bulk_kick.wait((self.bulk_state.retry_at_ms - self.now_ms()) / 1000)
                 continue
             # A bulk job on a dead link only burns the org's 20 jobs/hour: wait until streaming works.
-            if not self.bulk_due(stats) or self.stream_state.consecutive_failures:
+            # Nor while the connector refuses our records (a schema mismatch): the job would fail.
+            if not self.bulk_due(stats) or self.stream_state.consecutive_failures or self.guard.mismatch:
                 self._answer_yield()
                 await self._bulk_kick.wait(check_every)
                 continue

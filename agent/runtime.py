@@ -43,7 +43,7 @@ from agent.holdback import HoldBack
 from agent.metrics import AgentMetrics
 from agent.notify import Notifier, Watchdog, watchdog_interval
 from agent.outbox import Outbox, OutboxStats, ReleaseResult
-from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
+from agent.records import IDENTITY_FIELDS, EncodedRecord, Reading, RecordBuilder, Value, format_time, load_schema
 from agent.sources import RejectedInput, Source, SupportsFeedHealth
 from agent.status import (
     DeviceCheck,
@@ -85,6 +85,25 @@ def _load_for_reload(path: str) -> AgentConfig:
     cfg = load_config(path)
     load_schema(cfg.datacloud.schema_path, cfg.datacloud.object_name)
     return cfg
+
+
+def full_record_of(builder: RecordBuilder, time_ms: int) -> EncodedRecord:
+    """A record with a value in every metric field, as a busy inverter's would be (a schema check:
+    a null passes a type check that a value may fail)."""
+    metrics: dict[str, Value] = {}
+    for f in builder.schema.fields:
+        if f.name in IDENTITY_FIELDS:
+            continue
+        if f.type == "number":
+            metrics[f.name] = 1.0
+        else:
+            metrics[f.name] = format_time(time_ms) if f.format == "date-time" else "RUNNING"
+    return builder.encode(Reading("solar-agent-schema-check", time_ms, "validate", metrics))
+
+
+async def _samples(outbox: Outbox, builder: RecordBuilder, now_ms: Callable[[], int]) -> list[bytes]:
+    """Records to check the connector's schema with: the oldest queued (real), then a full one."""
+    return [r.payload for r in await outbox.peek(1)] + [full_record_of(builder, now_ms()).payload]
 
 
 def _hard_exit(seconds: float) -> None:
@@ -299,7 +318,7 @@ class Agent:
             drain = Drain(outbox, streaming, bulk, cfg.drain,
                           pacer=Pacer(cfg.drain.max_requests_per_second),
                           on_sent=self._count_sent, on_rejected=self._count_rejected,
-                          beat=self.watchdog.beat)
+                          beat=self.watchdog.beat, samples=partial(_samples, outbox, builder, self._now_ms))
             # Created before the sources start, so it sees an unsynchronised clock before any reading.
             holdback = HoldBack(outbox, self.clock, builder, on_released=partial(self._released, drain))
             supervisor = Supervisor(fatal=(OutboxFatalError,),
@@ -599,6 +618,7 @@ class Agent:
             components_failed=[(c.name, c.last_error) for c in sup.gave_up()],
             dead_letters_recent=self._recent_dead.count(now), dropped_recent=self._recent_dropped.count(now),
             held=stats.held if stats else 0,
+            schema_mismatch=run.drain.guard.mismatch,
         ))
 
     def metrics_text(self) -> str:

@@ -158,6 +158,7 @@ class HealthInputs:
     dead_letters_recent: int = 0                 # records moved to dead letters within recent_seconds
     dropped_recent: int = 0                      # readings dropped or refused by a full outbox, same window
     held: int = 0                                # readings held until the clock syncs
+    schema_mismatch: str = ""                    # why Data Cloud refuses our records (delivery stopped)
 
 
 # Stable reason codes; the README (operations guide) explains each one to the technician.
@@ -173,11 +174,12 @@ DEAD_LETTERS_RECENT = "dead_letters_recent"
 READINGS_DROPPED = "readings_dropped"
 COMPONENT_RESTARTING = "component_restarting"
 COMPONENT_FAILED = "component_failed"
-REASON_CODES = (DEVICE_SILENT, DEVICE_UNREACHABLE, DELIVERY_LAGGING, AUTH_FAILING, OUTBOX_NEARLY_FULL,
+SCHEMA_MISMATCH = "schema_mismatch"
+REASON_CODES = (SCHEMA_MISMATCH, DEVICE_SILENT, DEVICE_UNREACHABLE, DELIVERY_LAGGING, AUTH_FAILING, OUTBOX_NEARLY_FULL,
                 CLOCK_UNSYNCED, BROKER_DISCONNECTED, FEED_NO_READINGS, DEAD_LETTERS_RECENT, READINGS_DROPPED,
                 COMPONENT_RESTARTING, COMPONENT_FAILED)
 # Reasons that need a technician before the agent can do its work again.
-FAILED_CODES = frozenset({AUTH_FAILING, COMPONENT_FAILED})
+FAILED_CODES = frozenset({AUTH_FAILING, COMPONENT_FAILED, SCHEMA_MISMATCH})
 
 _FEED_HINTS = {
     "unrecognised_topic": "the profile does not know these topics: check profile= and topics= of this feed",
@@ -240,6 +242,10 @@ def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy())
     reasons = [f"{COMPONENT_FAILED}: component={name} error={err or '-'}" for name, err in inputs.components_failed]
     reasons += [f"{COMPONENT_RESTARTING}: component={name} error={err or '-'}"
                 for name, err in inputs.components_restarting]
+    if inputs.schema_mismatch:
+        reasons.append(f"{SCHEMA_MISMATCH}: {inputs.schema_mismatch} (delivery stopped, every row kept) "
+                       "hint=upload the schema file shipped with this version to the Ingestion API connector, "
+                       "then `solar-agent drain --now`")
     reasons += _device_reasons(inputs, policy)
     reasons += _feed_reasons(inputs, policy)
     if inputs.oldest_undelivered_ms is not None:

@@ -224,11 +224,12 @@ async def check_modbus_bus(bus: ModbusBusConfig) -> list[CheckResult]:
             connected = False
             why = str(exc)
         else:
-            why = "connection refused or port busy"
+            why = ("connection refused or no answer" if bus.transport == "tcp"
+                   else "the Modbus client could not open it (in use by another program, e.g. the running agent?)")
         if not connected:
             hint = (f"check the host, tcp_port {bus.tcp_port} and the firewall" if bus.transport == "tcp"
-                    else "check the serial port (see the serial port check) and that the agent is stopped "
-                         "if it holds the port (systemctl stop solar-agent)")
+                    else f"stop the agent first (systemctl stop solar-agent: two masters garble each other on "
+                         f"RS-485), and see who holds it: fuser -v {bus.port}")
             return [_fail(n, f"cannot open {where}: {why}", hint) for n in names]
 
         async def read(unit: int, address: int, count: int) -> list[int] | None:
@@ -440,18 +441,35 @@ async def run_checks(config_path: Path | str | None, *, clock: ClockGuard | None
     steps: list[tuple[list[str], Callable[[], Awaitable[CheckResult | list[CheckResult]]]]] = [
         (["private key"], lambda: check_private_key(cfg)),
     ]
+    unusable: dict[str, CheckResult] = {}      # rtu buses whose port check failed
+
+    async def serial_then_remember(bus: ModbusBusConfig) -> CheckResult:
+        result = await check_serial_port(bus)
+        if result.status == "FAIL":
+            unusable[bus.name] = result
+        return result
+
+    async def devices_unless_port_failed(bus: ModbusBusConfig) -> list[CheckResult]:
+        port = unusable.get(bus.name)
+        if port is not None:
+            # One cause, said once: the devices behind an unusable port are not checked.
+            return [_fail(f"modbus {bus.name}/unit{d.unit_id}", f"not checked: {port.detail}", port.hint or "")
+                    for d in bus.devices]
+        return await check_modbus_bus(bus)
+
     for bus in cfg.modbus:
         if bus.transport == "rtu":
-            steps.append(([f"serial port {bus.name}"], functools.partial(check_serial_port, bus)))
+            steps.append(([f"serial port {bus.name}"], functools.partial(serial_then_remember, bus)))
     for bus in cfg.modbus:
         steps.append(([f"modbus {bus.name}/unit{d.unit_id}" for d in bus.devices],
-                      functools.partial(check_modbus_bus, bus)))
+                      functools.partial(devices_unless_port_failed, bus)))
     for feed in cfg.mqtt:
         steps.append(([f"mqtt {feed.name}"], functools.partial(check_mqtt_feed, feed)))
     if schema is not None:
         steps.append((["datacloud login"], lambda: check_datacloud(cfg, schema)))
     steps += [
-        (["clock"], lambda: check_clock(clock)),
+        # The site's own [clock] setting (a container without a synchronised kernel clock).
+        (["clock"], lambda: check_clock(clock or ClockGuard(assume_synced=cfg.clock.assume_synced))),
         (["disk"], lambda: check_disk(cfg)),
         (["outbox"], lambda: check_outbox(cfg)),
     ]

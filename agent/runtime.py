@@ -216,6 +216,7 @@ class Agent:
         self._now_ms = now_ms
         self._hard_exit_seconds = hard_exit_seconds
         self._hard_exit: threading.Timer | None = None
+        self._stop_requested: float | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._run: _Run | None = None
@@ -230,7 +231,9 @@ class Agent:
     # -- control ------------------------------------------------------------------------------------
     def request_stop(self) -> None:
         if not self._stop.is_set():
-            log.info("agent: stop requested; stopping within %.0fs", STOP_DEADLINE_SECONDS)
+            # One line for a clean stop (at its end); this one only with -v.
+            log.debug("agent: stop requested; stopping within %.0fs", STOP_DEADLINE_SECONDS)
+            self._stop_requested = time.monotonic()
             self._arm_hard_exit()
         self._stop.set()
 
@@ -283,7 +286,8 @@ class Agent:
             for exc in fatal:
                 log.critical("outbox: cannot commit, stopping so systemd restarts the agent: %s", exc)
             if not fatal:
-                log.info("agent: stopped")
+                took = "" if self._stop_requested is None else f" in {time.monotonic() - self._stop_requested:.1f}s"
+                log.info("agent: stopped%s", took)
             return EXIT_FATAL if fatal else EXIT_OK
 
     async def _try_reload(self) -> AgentConfig | None:

@@ -637,8 +637,10 @@ async def _request(socket_path: Path, method: str, path: str, body: dict[str, An
             return answer
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, PermissionError):
-            raise AgentError(f"no permission to open {socket_path}",
-                             hint="run it with sudo (the socket belongs to the service)") from exc
+            # Root is refused only by something else (another mount namespace, a security module).
+            hint = ("run it with sudo (the socket belongs to the service)" if os.geteuid() != 0 else
+                    f"even root may not open it: check ls -l {socket_path} and the security modules (dmesg)")
+            raise AgentError(f"no permission to open {socket_path}", hint=hint) from exc
         return None  # absent or refused: not running
     except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
         raise AgentError(f"the agent did not answer {path} on {socket_path}: {exc!r}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # `solar-agent status | head`: the reader left. Not an error of ours; say nothing more (stdout
+        # is gone) and keep the interpreter from complaining about the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except AgentError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 _DESCRIPTION = f"""\
 Check everything the agent needs, in the order you would fix it, and print one line per check:
@@ -34,7 +35,7 @@ PASS, FAIL (with a "Try:" line) or WARN.
 Each check gives up after --timeout seconds, so doctor never hangs. On an RS-485 bus, stop the
 agent first (systemctl stop solar-agent): two masters on one bus garble each other's requests.
 
-Exit codes: 0 no FAIL (WARN allowed), 1 at least one FAIL, 2 usage error.
+Exit codes: 0 no FAIL (WARN allowed), 1 at least one FAIL, 2 usage error or a config that cannot be used.
 CONFIG defaults to ${ENV_CONFIG_PATH}, else {DEFAULT_CONFIG_PATH}."""
 
 _EPILOG = """\
@@ -72,8 +73,10 @@ async def run(config: str | None, *, timeout_seconds: float = 15.0, clock: Clock
     from agent.doctor import run_checks
 
     counts = {"PASS": 0, "WARN": 0, "FAIL": 0}
+    config_failed = False
     async for result in run_checks(config, clock=clock, timeout_seconds=timeout_seconds):
         counts[result.status] += 1
+        config_failed = config_failed or (result.name == "config" and result.status == "FAIL")
         print(result.line(), flush=True)
         if result.hint and result.status != "PASS":
             print(f"     Try: {result.hint}", flush=True)
@@ -81,4 +84,6 @@ async def run(config: str | None, *, timeout_seconds: float = 15.0, clock: Clock
     if counts["WARN"] and not counts["FAIL"]:
         verdict += " (read the WARN lines)"
     print(f"doctor: {counts['PASS']} passed, {counts['WARN']} warning(s), {counts['FAIL']} failed: {verdict}")
+    if config_failed:
+        return EXIT_USAGE          # like every command: a config that cannot be used is exit 2
     return EXIT_FAILED if counts["FAIL"] else EXIT_OK

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=0, help="TCP port (default: a free port)")
     p.add_argument("--public-key", type=Path, required=True,
                    help="PEM public key or X.509 certificate that verifies the agent's JWT assertion")
+    p.add_argument("--private-key", type=Path, default=None, metavar="PATH",
+                   help="the agent's private key, for the config snippet printed at start (default: the "
+                        "--public-key path with .key, as `solar-agent keygen` names the pair)")
     p.add_argument("--schema", type=Path, default=None, help="OpenAPI schema file (default: the shipped one)")
     p.add_argument("--client-id", default="solar-agent", help="connected app consumer key (JWT iss)")
     p.add_argument("--username", default="agent@solar.example", help="integration user (JWT sub)")
@@ -93,7 +96,7 @@ def _pairs(items: list[str], flag: str, form: str, example: str) -> tuple[tuple[
     return tuple(out)
 
 
-def _snippet(emu: Emulator, settings: EmulatorSettings) -> str:
+def _snippet(emu: Emulator, settings: EmulatorSettings, private_key: Path) -> str:
     lines = [
         "[datacloud]",
         f'login_url = "{emu.url}"',
@@ -103,7 +106,7 @@ def _snippet(emu: Emulator, settings: EmulatorSettings) -> str:
     lines += [
         f'client_id = "{settings.client_id}"',
         f'username = "{settings.username}"',
-        'private_key_path = "/etc/solar-agent/jwt.key"   # the key matching --public-key',
+        f'private_key_path = "{private_key}"',
         f'source_name = "{settings.source_name}"',
     ]
     endpoint = next((e for e, o in settings.object_endpoints if o == settings.object_name), None)
@@ -115,7 +118,7 @@ def _snippet(emu: Emulator, settings: EmulatorSettings) -> str:
     return "\n".join(lines)
 
 
-async def _serve(settings: EmulatorSettings, faults: Faults) -> None:
+async def _serve(settings: EmulatorSettings, faults: Faults, private_key: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,7 +128,7 @@ async def _serve(settings: EmulatorSettings, faults: Faults) -> None:
         print(f"Data Cloud emulator listening on {emu.url}", flush=True)
         if emu.ca_file is not None:
             print(f"CA certificate: {emu.ca_file}", flush=True)
-        print("Paste into the site config:\n" + _snippet(emu, settings), flush=True)
+        print("Paste into the site config:\n" + _snippet(emu, settings, private_key), flush=True)
         await stop.wait()
         print("stopping", flush=True)
 
@@ -150,7 +153,8 @@ def _main(args: argparse.Namespace) -> int:
             object_endpoints=_pairs(args.object_endpoint, "--object-endpoint", "ENDPOINT=OBJECT",
                                     "solar_panel_event_7f3a=solar_panel_event"))
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(settings, faults))
+            private_key = (args.private_key or args.public_key.with_suffix(".key")).absolute()
+            asyncio.run(_serve(settings, faults, private_key))
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         print("Try: solar-agent emulator --help", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,8 +55,8 @@ def _main(args: argparse.Namespace) -> int:
         pair = generate_keypair(directory, args.name)
     except OSError as exc:
         print(f"Error: cannot write into {directory}: {exc.strerror}", file=sys.stderr)
-        print("Try: sudo solar-agent keygen (the directory belongs to root), or --dir a writable directory",
-              file=sys.stderr)
+        print("Try: sudo solar-agent keygen (the directory belongs to root), or --dir a writable directory"
+              if os.geteuid() != 0 else f"Try: --dir a writable directory (is {directory} read-only?)", file=sys.stderr)
         return EXIT_FAILED
     key, crt = pair.private_key_path.resolve(), pair.certificate_path.resolve()
     print(f"private key  {key}  (mode 0600; keep it on this gateway)")

@@ -60,20 +60,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmds = p.add_subparsers(dest="outbox_command", metavar="ACTION")
     cmds.required = True
     raw = argparse.RawDescriptionHelpFormatter
+    # `outbox stats --config X` as well as `outbox --config X stats`: the action's copies of the
+    # options default to SUPPRESS, so they never overwrite a value given before the action.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--config", "-c", metavar="CONFIG", default=argparse.SUPPRESS, help="site config file")
+    after.add_argument("--socket", metavar="PATH", type=Path, default=argparse.SUPPRESS,
+                       help="status socket (default: status.socket_path from the config)")
 
-    s = cmds.add_parser("stats", help="rows, bytes, oldest age, dead letters, drops", formatter_class=raw,
+    s = cmds.add_parser("stats", parents=[after],
+                        help="rows, bytes, oldest age, dead letters, drops", formatter_class=raw,
                         description="Totals of the outbox file, read-only.",
                         epilog="example:\n  solar-agent outbox stats")
     s.set_defaults(func=_stats)
 
-    s = cmds.add_parser("peek", help="the oldest waiting rows", formatter_class=raw,
+    s = cmds.add_parser("peek", parents=[after],
+                        help="the oldest waiting rows", formatter_class=raw,
                         description="The oldest rows in the queue (leased or not), read-only: when they were "
                                     "stored, attempts, and the record itself.",
                         epilog="example:\n  solar-agent outbox peek -n 5")
     s.add_argument("-n", type=int, default=10, metavar="N", help="how many rows (default 10)")
     s.set_defaults(func=_peek)
 
-    s = cmds.add_parser("dead-letters", help="records Data Cloud refused, with the reason", formatter_class=raw,
+    s = cmds.add_parser("dead-letters", parents=[after],
+                        help="records Data Cloud refused, with the reason", formatter_class=raw,
                         description="Records Data Cloud refused (HTTP 400), oldest first, with the server's "
                                     "reason. Fix the cause (schema, config), then `outbox requeue`.",
                         epilog="example:\n  solar-agent outbox dead-letters -n 50")
@@ -81,7 +90,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=_dead_letters)
 
     s = cmds.add_parser(
-        "rejected", help="inputs that could not become readings (poison MQTT messages)", formatter_class=raw,
+        "rejected", parents=[after], formatter_class=raw,
+        help="inputs that could not become readings (poison MQTT messages)",
         description="Inputs the agent received but could not turn into readings (a payload the feed's "
                     "profile cannot decode), newest first, with the reason and how often each was seen. "
                     "They were recorded and then acknowledged, so the broker does not send them again. "
@@ -91,7 +101,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--payload", action="store_true", help="show the first bytes of each payload")
     s.set_defaults(func=_rejected)
 
-    s = cmds.add_parser("requeue", help="put dead letters back in the queue", formatter_class=raw,
+    s = cmds.add_parser("requeue", parents=[after],
+                        help="put dead letters back in the queue", formatter_class=raw,
                         description="Move dead letters back into the queue so they are sent again. Through "
                                     "the running agent when it runs; else opens the outbox itself.",
                         epilog="examples:\n  sudo solar-agent outbox requeue --all\n"
@@ -101,7 +112,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=_requeue)
 
     s = cmds.add_parser(
-        "export", help="write the backlog as bulk-format CSV files + MANIFEST.txt", formatter_class=raw,
+        "export", parents=[after], formatter_class=raw,
+        help="write the backlog as bulk-format CSV files + MANIFEST.txt",
         description="Write every waiting row as Data Cloud bulk-format CSV (header in schema order, "
                     "files no larger than --max-file-bytes) plus MANIFEST.txt (row count, time range, "
                     "how to upload with a bulk job). Read-only: the rows STAY in the outbox until Data "
@@ -274,8 +286,10 @@ def _requeue(args: argparse.Namespace) -> int:
     wanted = "all" if args.all else str(len(args.event_ids))
     print(f"requeued {moved} dead letter(s) of {wanted} asked, {how}")
     if not args.all and moved < len(args.event_ids):
-        print("note: some ids were not dead letters (already requeued, or mistyped); "
-              "see solar-agent outbox dead-letters")
+        print(f"Error: {len(args.event_ids) - moved} of the ids are not dead letters (already requeued, or "
+              "mistyped)", file=sys.stderr)
+        print("Try: solar-agent outbox dead-letters (the ids to copy)", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

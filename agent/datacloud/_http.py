@@ -40,6 +40,7 @@ _CHUNK: Final = 1 << 16
 MIN_RETRY_AFTER_SECONDS: Final = 1.0
 MAX_RETRY_AFTER_SECONDS: Final = 3600.0
 _DELTA_SECONDS_RE: Final = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
+_SSL_OBJECT_RE: Final = re.compile(r"\s*ssl:<[^>]*object at 0x[0-9a-f]+>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +63,20 @@ def translate(what: str) -> Iterator[None]:
     """Turn transport failures inside the block into ``RetryableError`` (a timeout is transient too)."""
     try:
         yield
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # aiohttp's own text shows "ssl:<ssl.SSLContext object at 0x...>": say what failed instead.
+        raise RetryableError(
+            f"{what}: the TLS certificate of {exc.host}:{exc.port} is not trusted ({exc.certificate_error})",
+            hint="a private PKI, a TLS-inspecting proxy or the emulator: set datacloud.ca_file to the PEM of the "
+                 "CA that signed it (verification is never turned off)") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise RetryableError(f"{what}: cannot connect to {exc.host}:{exc.port} ({exc.os_error})",
+                             hint="check the network path to Data Cloud (DNS, firewall, proxy); the agent retries "
+                                  "with backoff") from exc
     except (TimeoutError, aiohttp.ClientError) as exc:
         # ClientResponseError comes from a malformed answer (aiohttp quotes the bad bytes: keep a
         # short excerpt); we never call raise_for_status().
-        text = str(exc)
+        text = _SSL_OBJECT_RE.sub("", str(exc))
         text = text if len(text) <= _BODY_EXCERPT else text[:_BODY_EXCERPT] + "..."
         raise RetryableError(f"{what}: {type(exc).__name__}: {text}".rstrip(": "),
                              hint="check the network path to Data Cloud; the agent retries with backoff") from exc

@@ -8,6 +8,7 @@ closed outbox is the whole truth and ``immutable`` keeps SQLite from creating ``
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ def open_readonly(path: Path) -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot open outbox {path} read-only: {exc}",
-                          hint="check the file's permissions (sudo?)") from exc
+                          hint="check the file's permissions" + ("" if os.geteuid() == 0 else " (sudo?)")) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         yield conn

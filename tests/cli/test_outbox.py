@@ -92,10 +92,11 @@ async def test_requeue_through_the_running_agent(tmp_path: Path, capsys: pytest.
     async with running_agent(site) as agent:
         assert agent.outbox is not None
         # the agent holds the outbox lock: only the control route can change the queue now
-        assert await cli("outbox", "--config", site.config, "requeue", *dead_ids[:2], "not-an-id") == 0
-        out = capsys.readouterr().out
-        assert "requeued 2 dead letter(s) of 3 asked, by the running agent" in out
-        assert "some ids were not dead letters" in out
+        # The two known ones are requeued; the unknown id makes it exit 1 (issue #12).
+        assert await cli("outbox", "--config", site.config, "requeue", *dead_ids[:2], "not-an-id") == 1
+        out = capsys.readouterr()
+        assert "requeued 2 dead letter(s) of 3 asked, by the running agent" in out.out
+        assert "1 of the ids are not dead letters" in out.err
         assert (await agent.outbox.stats()).dead_letters == 1
 
 

@@ -57,13 +57,18 @@ def _rejected_rows(outbox: Path) -> list[tuple[str, str, int]]:
         conn.close()
 
 
-async def _stop_within_deadline(agent: AgentProcess) -> float:
+async def _stop_within_deadline(agent: AgentProcess, *, clean: bool = False) -> float:
+    """SIGTERM; exit 0 within the deadline. ``clean``: the stop logs exactly one line (issue #12)."""
+    logged = len(agent.log_text().splitlines())
     started = time.monotonic()
     agent.signal(signal.SIGTERM)
     rc = await agent.wait(STOP_DEADLINE_SECONDS + 10)
     took = time.monotonic() - started
     assert rc == 0, agent.log_text()[-3000:]
     assert took < STOP_DEADLINE_SECONDS, f"stop took {took:.1f}s"
+    if clean:
+        after = agent.log_text().splitlines()[logged:]
+        assert len(after) == 1 and "agent: stopped in" in after[0], after
     return took
 
 
@@ -91,7 +96,7 @@ async def test_a_poison_message_is_recorded_once_and_never_stops_the_site(tmp_pa
                             source="mqtt:gen", outcome="malformed") == 1
         # The zombie's symptoms are gone too: drain --now answers, SIGTERM ends it at once.
         assert await post_control(site.status_socket, "/control/drain?bulk=0") is not None
-        await _stop_within_deadline(agent)
+        await _stop_within_deadline(agent, clean=True)
 
         # Acked after it was recorded: a restart (kill -9 too) never sees it again.
         agent = await site.start_agent()

@@ -76,6 +76,8 @@ async def test_documents_switches_and_the_snippet(tmp_path: Path) -> None:
         text = "".join(lines)
         assert 'audience = "https://test.salesforce.com"' in text
         assert 'object_endpoint = "solar_panel_event_7f3a"' in text
+        # The key path pasted is the one of the pair given (keygen's naming), not a fixed path (issue #12).
+        assert f'private_key_path = "{tmp_path / "jwt.key"}"' in text
         url = next(line.split()[-1] for line in lines if "listening on" in line)
         async with aiohttp.ClientSession() as http:
             # No token: a 401 from the endpoint name the connector knows, a 404 under the schema name.

@@ -35,8 +35,11 @@ async def test_a_self_signed_data_cloud_is_refused_without_its_ca(tmp_path: Path
         assert emu.url.startswith("https://") and emu.ca_file is not None
         cfg = DataCloudConfig(login_url=emu.url, client_id=CLIENT_ID, username=USERNAME, private_key_path=key,
                               source_name="solar_agent", timeout_seconds=5.0)
-        with pytest.raises(DataCloudError, match=r"(?i)certificate"):
+        with pytest.raises(DataCloudError, match=r"(?i)certificate") as refused:
             await TokenProvider(cfg, session).token()
+        # Issue #12: the message names the host, not "<ssl.SSLContext object at 0x...>", and the hint ca_file.
+        assert "object at 0x" not in str(refused.value) and "127.0.0.1" in str(refused.value)
+        assert "datacloud.ca_file" in (refused.value.hint or "")
         token = await TokenProvider(replace(cfg, ca_file=emu.ca_file), session).token()
         assert token.instance_url.startswith("https://")
 

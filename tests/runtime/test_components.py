@@ -29,11 +29,15 @@ from tests.waiting import wait_for
 
 
 @asynccontextmanager
-async def _agent(tmp_path: Path, notify: str | None = None) -> AsyncIterator[tuple[Agent, Emulator]]:
+async def _agent(tmp_path: Path, *, landing: bool = True, **emulator: Any) -> AsyncIterator[tuple[Agent, Emulator]]:
+    """A running agent with one Modbus TCP inverter, against the emulator (``emulator``: its settings).
+
+    ``landing``: wait until the first readings landed before handing it over.
+    """
     key, public = make_keypair(tmp_path)
     sim = SunSpecSimulator((1,), seed=3, float_model=True, manufacturer="SupSim")
-    async with running_emulator(tmp_path, public_key_pem=public, client_id=CLIENT_ID, username=USERNAME) as emu, \
-            sim.serve_tcp():
+    async with running_emulator(tmp_path, public_key_pem=public, client_id=CLIENT_ID, username=USERNAME,
+                                **emulator) as emu, sim.serve_tcp():
         site = write_config(tmp_path, login_url=emu.url, key=key, flush_interval_seconds=0.2, extra=f"""
 [[modbus]]
 name = "lan"
@@ -49,7 +53,8 @@ unit_id = 1
         task = asyncio.create_task(agent.run(), name="test[agent]")
         try:
             await asyncio.wait_for(agent.ready.wait(), 10)
-            await wait_for(lambda: emu.store.count() > 0, 15, "first readings landed")
+            if landing:
+                await wait_for(lambda: emu.store.count() > 0, 15, "first readings landed")
             yield agent, emu
         finally:
             agent.request_stop()
@@ -229,36 +234,16 @@ async def test_the_running_agent_posts_to_the_object_endpoint(tmp_path: Path) ->
 async def test_a_schema_mismatch_is_a_failed_health_with_the_reason_and_no_row_is_lost(tmp_path: Path) -> None:
     from tests.drain.test_schema_guard import _older_schema
 
-    key, public = make_keypair(tmp_path)
-    sim = SunSpecSimulator((1,), seed=3, float_model=True, manufacturer="SupSim")
-    async with running_emulator(tmp_path, public_key_pem=public, client_id=CLIENT_ID, username=USERNAME,
-                                schema_path=_older_schema(tmp_path), fire_and_forget=True) as emu, \
-            sim.serve_tcp():
-        site = write_config(tmp_path, login_url=emu.url, key=key, flush_interval_seconds=0.2, extra=f"""
-[[modbus]]
-name = "lan"
-transport = "tcp"
-host = "127.0.0.1"
-tcp_port = {sim.port}
-poll_interval_seconds = 0.1
-[[modbus.devices]]
-unit_id = 1
-""")
-        agent = Agent(load_config(site.config), clock=ClockGuard(assume_synced=True))
-        task = asyncio.create_task(agent.run())
-        try:
-            await asyncio.wait_for(agent.ready.wait(), 10)
-            await wait_for(lambda: agent.health().level == "failed", 15, "health failed")
-            (reason,) = [r for r in agent.health().reasons if r.startswith("schema_mismatch:")]
-            assert "power_factor_pct" in reason and "upload the schema" in reason
-            # Readings keep being committed while delivery is stopped; none is sent to be dropped.
-            await wait_for(lambda: _rows_above(agent, 5), 15, "readings queued while stopped")
-            status = await agent.status()
-            assert status["lane"] == "stopped" and status["outbox"]["dead_letters"] == 0
-            assert emu.store.count() == 0 and emu.dropped.total == 0
-        finally:
-            agent.request_stop()
-            assert await asyncio.wait_for(task, STOP_DEADLINE_SECONDS) == 0
+    async with _agent(tmp_path, landing=False, schema_path=_older_schema(tmp_path), fire_and_forget=True) \
+            as (agent, emu):
+        await wait_for(lambda: agent.health().level == "failed", 15, "health failed")
+        (reason,) = [r for r in agent.health().reasons if r.startswith("schema_mismatch:")]
+        assert "power_factor_pct" in reason and "upload the schema" in reason
+        # Readings keep being committed while delivery is stopped; none is sent to be dropped.
+        await wait_for(lambda: _rows_above(agent, 5), 15, "readings queued while stopped")
+        status = await agent.status()
+        assert status["lane"] == "stopped" and status["outbox"]["dead_letters"] == 0
+        assert emu.store.count() == 0 and emu.dropped.total == 0
 
 
 async def _rows_above(agent: Agent, n: int) -> bool:

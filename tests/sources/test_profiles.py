@@ -10,12 +10,15 @@ import pytest
 from agent.config import MqttConfig
 from agent.errors import ConfigError, PayloadError
 from agent.records import IDENTITY_FIELDS, load_schema
-from agent.sources.profiles import PROFILES, is_write_topic
+from agent.sources.profiles import MALFORMED, NO_READING_REASONS, PROFILES, UNRECOGNISED_TOPIC, is_write_topic
+from agent.sources.profiles._base import is_discovery_topic
 from agent.sources.profiles.opendtu import OpenDtuDecoder
 
 CASES = Path(__file__).parent.parent / "cases" / "mqtt"
 BASE_MS = 1_732_860_000_000
 METRICS = set(load_schema().names) - set(IDENTITY_FIELDS)
+READING = "reading"            # the outcome of a message that fed a reading (as the MQTT source counts it)
+OUTCOMES = (READING, *NO_READING_REASONS)
 
 
 def _cases() -> list[Path]:
@@ -28,6 +31,14 @@ def _cfg(profile: str, extra: dict[str, object]) -> MqttConfig:
         if key in kw:
             kw[key] = tuple(tuple(x) if isinstance(x, list) else x for x in kw[key])  # type: ignore[union-attr]
     return MqttConfig(name="case", url="mqtt://127.0.0.1", profile=profile, **kw)  # type: ignore[arg-type]
+
+
+def _messages(case: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (case / "input.jsonl").read_text().splitlines()]
+
+
+def _payload(msg: dict[str, object]) -> bytes:
+    return bytes.fromhex(str(msg["payload_hex"])) if "payload_hex" in msg else str(msg["payload"]).encode()
 
 
 def test_every_profile_has_cases() -> None:
@@ -47,25 +58,58 @@ def test_case(case: Path) -> None:
     cfg_file = case / "config.json"
     cfg = _cfg(profile, json.loads(cfg_file.read_text()) if cfg_file.exists() else {})
     decoder = PROFILES[profile].new_decoder(cfg)
-    got, errors, tags = [], 0, []
+    got, errors, tags, outcomes = [], 0, [], []
     last = BASE_MS
-    for n, line in enumerate((case / "input.jsonl").read_text().splitlines()):
-        msg = json.loads(line)
-        payload = bytes.fromhex(msg["payload_hex"]) if "payload_hex" in msg else msg["payload"].encode()
-        last = BASE_MS + msg["t"]
+    messages = _messages(case)
+    for n, msg in enumerate(messages):
+        last = BASE_MS + int(str(msg["t"]))
         tags.append(n)
         try:
-            got += decoder.feed(msg["topic"], payload, last, tag=n)
+            got += decoder.feed(str(msg["topic"]), _payload(msg), last, tag=n)
+            outcomes.append(decoder.outcome or READING)
         except PayloadError:
             errors += 1
+            outcomes.append(MALFORMED)
     got += decoder.tick(last + 10_000)
     expected = [json.loads(x) for x in (case / "expected.jsonl").read_text().splitlines()]
     assert [{"device_id": r.device_id, "time_ms": r.time_ms, "metrics": dict(r.metrics)} for r in got] == expected
     errs = case / "errors"
     assert errors == (int(errs.read_text()) if errs.exists() else 0)
+    want = [msg.get("outcome") for msg in messages]
+    assert all(o in OUTCOMES for o in want), f"every input line names its outcome, one of {OUTCOMES}"
+    assert [(m["topic"], o) for m, o in zip(messages, outcomes, strict=True)] == \
+        [(m["topic"], o) for m, o in zip(messages, want, strict=True)]
     assert sorted(decoder.release()) == tags, "every message must be released for acking"
     assert all(r.source == f"mqtt-{profile}" for r in got)
     assert all(set(r.metrics) <= METRICS for r in got)
+
+
+@pytest.mark.parametrize("case", [c for c in _cases() if c.parent.name != "generic"],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_devices_own_traffic_is_never_unrecognised(case: Path) -> None:
+    """What a supported device publishes is a reading, or known and left out for a reason; never unknown."""
+    assert [m["topic"] for m in _messages(case) if m.get("outcome") == UNRECOGNISED_TOPIC] == []
+
+
+@pytest.mark.parametrize("profile", [p for p in PROFILES if p != "generic"])
+def test_another_familys_traffic_is_unrecognised(profile: str) -> None:
+    """A feed with the wrong profile counts every message as unrecognised_topic (health then names one), and
+    decodes none of them: no reading, no malformed payload. Commands and discovery documents stay ignored."""
+    cfg = MqttConfig(name="case", url="mqtt://h", profile=profile,  # type: ignore[arg-type]
+                     portal_id="e0ff50a097c0" if profile == "victron" else "")
+    decoder = PROFILES[profile].new_decoder(cfg)
+    seen = 0
+    for case in _cases():
+        if case.parent.name in (profile, "generic"):
+            continue
+        for msg in _messages(case):
+            topic = str(msg["topic"])
+            assert decoder.feed(topic, _payload(msg), BASE_MS, tag=None) == [], topic
+            known = is_write_topic(topic) or is_discovery_topic(topic)
+            assert decoder.outcome == ("ignored" if known else UNRECOGNISED_TOPIC), topic
+            seen += 1
+    assert decoder.tick(BASE_MS + 60_000) == []
+    assert seen > 100
 
 
 def test_tags_are_held_until_the_cycle_is_emitted() -> None:

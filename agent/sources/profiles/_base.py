@@ -11,11 +11,15 @@ Every ``feed`` gets an opaque ``tag`` (the source passes the MQTT message id). A
 A message that raised ``PayloadError`` contributed nothing; the source records it as a rejected
 input, then acks it.
 
-Every ``feed`` also leaves an ``outcome``: None when the message fed a reading (returned now or
-held in a pending cycle), else why it did not, one of :data:`NO_READING_REASONS`. The source counts
-them per feed, so no message disappears without a trace. A profile calls ``skip(reason)`` for a
-topic it knows but takes no reading from (names, status: ``ignored``; retained leftovers:
-``stale``); a message that neither fed a reading nor was skipped is ``unrecognised_topic``.
+Every ``feed`` also leaves an ``outcome``: None when the message fed a reading (returned now, held
+in a pending cycle, or kept for the device's next reading: ``kept``), else why it did not, one of
+:data:`NO_READING_REASONS`. The source counts them per feed, so no message disappears without a
+trace. A profile calls ``skip(reason)`` for a topic it knows but takes no reading from (names,
+status, LWT, diagnostics, sums it does not use: ``ignored``; retained or replayed leftovers:
+``stale``); a message that neither fed a reading nor was skipped is ``unrecognised_topic``, which
+a real device's normal traffic never is (the corpus checks this for every case). The outcome is
+what the decoder knows when the message arrives: a field that a retained burst delivers before the
+``last_update`` that shows the burst is old counts as a reading, though its cycle is dropped later.
 """
 
 from __future__ import annotations
@@ -73,6 +77,15 @@ def is_write_topic(topic: str) -> bool:
     if parts[-1] == "set":
         return True
     return parts[-1] == "rpc" and not (len(parts) >= 2 and parts[-2] == "events")
+
+
+def is_discovery_topic(topic: str) -> bool:
+    """True for Home Assistant MQTT discovery documents (``homeassistant/<component>/.../config``).
+
+    OpenDTU, SolarAssistant and older Tasmota publish them on the site's broker next to their data:
+    descriptions of entities, never values, so every profile ignores them.
+    """
+    return topic.startswith("homeassistant/")
 
 
 def parse_number(raw: bytes | str, topic: str) -> float:
@@ -304,6 +317,11 @@ class BaseDecoder:
         """Called by a profile's ``_feed``: this message is known but gives no reading, because ``reason``."""
         self._skipped = reason
 
+    def kept(self) -> None:
+        """Called by a profile's ``_feed``: this message's values were stored for the device's next reading
+        (a Shelly energy counter that rides along with the next power update), so it feeds a reading."""
+        self.asm.touched = True
+
     def _judge(self, key: str, cycle: _Cycle) -> None:
         """Last look at a cycle before it is emitted (see ``Assembler.judge``); nothing by default."""
 
@@ -321,7 +339,7 @@ class BaseDecoder:
         self._skipped = None
         self._outcome = MALFORMED          # what remains if _feed raises
         try:
-            if is_write_topic(topic):
+            if is_write_topic(topic) or is_discovery_topic(topic):
                 self._skipped = IGNORED
             else:
                 self._feed(topic, payload, now_ms, tag, out)

@@ -21,6 +21,14 @@ With a date clock, a cycle older than ``stale_ms`` is stale. With an uptime cloc
 ``dtu/uptime - last_update`` (both seconds since the same boot), and every value of a DTU whose LWT says
 ``dtu/status offline`` is stale. A retained burst arrives in the broker's order, so this is judged when
 the cycle is emitted, after the whole burst. Stale cycles are never emitted; their messages are acked.
+
+Outcomes (why a message gave no reading). ``ignored``: everything else OpenDTU publishes for an inverter
+(``name``, ``radio/*``, ``device/*``, ``status/*`` but ``last_update``, PV-input names, yields and
+irradiation, ``0/efficiency``, HMT's line voltage and summed current), the DTU's own topics
+(``dtu/status``, ``dtu/uptime``, ``dtu/ip``, ``dtu/heap/*``, ...), the site sums ``ac/*`` and ``dc/*``,
+``last_update`` 0 and a ``last_update`` that announces the round already open (the firmware repeats it every
+publish interval while the statistics have not changed). ``stale``: a ``last_update`` or a field of a cycle
+already judged too old when it arrives. Anything else is ``unrecognised_topic``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from agent.errors import PayloadError
 from agent.records import Reading
 from agent.sources.profiles._base import (
     DEFAULT_IDLE_MS,
+    IGNORED,
+    STALE,
     BaseDecoder,
     _Cycle,
     parse_number,
@@ -120,25 +130,33 @@ class OpenDtuDecoder(BaseDecoder):
         d = _DTU_RE.match(topic)
         if d is not None:
             self._dtu(d["base"], d["what"], payload, topic, now_ms)
+            self.skip(IGNORED)          # what the DTU says of itself: used to judge staleness, no reading
             return
         m = _TOPIC_RE.match(topic)
-        if m is None:
-            return                      # ac/power sums, dtu/ip, ...: the DTU's own topics
+        if m is None or not _INVERTER_REST.match(m["rest"]):
+            if _DTU_TOPICS.match(topic):
+                self.skip(IGNORED)      # ac/power sums over the inverters, dtu/ip, dtu/heap/...
+            return
         serial, rest = m["serial"].lower(), m["rest"].split("/")
         self._base_of[serial] = m["base"]
         if rest == ["status", "last_update"]:
             self._last_update(serial, parse_number(payload, topic), now_ms, tag, out)
             return
         if len(rest) != 2 or not rest[0].isdigit():
-            return                      # name, status/*, radio/*, device/*
+            self.skip(IGNORED)          # name, status/*, radio/*, device/*
+            return
         ch, fld = int(rest[0]), rest[1].lower()
         table = AC_FIELDS if ch == 0 else DC_FIELDS
         if fld not in table or (ch == 0 and fld in _HMT_SKIP and serial.startswith(_HMT_PREFIXES)):
+            self.skip(IGNORED)          # PV-input names, yields, irradiation; efficiency; HMT line values
             return
         name, factor = table[fld]
         value = scaled(parse_number(payload, topic), factor)
         device_id = serial if ch == 0 else f"{serial}/pv{ch}"
         self.asm.put(serial, device_id, name, value, now_ms, tag, out)
+        cyc = self.asm.cycle(serial)
+        if cyc is not None and self._looks_stale(serial, cyc):
+            self.skip(STALE)
 
     def _dtu(self, base: str, what: str, payload: bytes, topic: str, now_ms: int) -> None:
         dtu = self._dtus.setdefault(base, _Dtu())
@@ -151,14 +169,17 @@ class OpenDtuDecoder(BaseDecoder):
     def _last_update(self, serial: str, seconds: float, now_ms: int, tag: Hashable | None,
                      out: list[Reading]) -> None:
         if seconds <= 0:
-            return                      # "0": no statistics yet
+            self.skip(IGNORED)          # "0": no statistics yet
+            return
         if seconds > 4e9:
             raise PayloadError(f"serial={serial} status/last_update={seconds} is neither unix seconds nor uptime")
         t_ms = plausible_epoch_ms(seconds, now_ms)
         stale = t_ms is not None and now_ms - t_ms > self.stale_ms
         cyc = self.asm.cycle(serial)
         if cyc is not None and self._same_round(serial, cyc, t_ms, seconds):
-            return                      # the same round announced again
+            # The same round announced again (every publish interval until the statistics change).
+            self.skip(STALE if self._looks_stale(serial, cyc) else IGNORED)
+            return
         if cyc is not None and cyc.time_ms is None and serial not in self._uptime_clock and cyc.dirty \
                 and cyc.first_ms >= now_ms - self.asm.idle_ms:
             # Retained burst order is the broker's: fields may precede their last_update.
@@ -171,6 +192,8 @@ class OpenDtuDecoder(BaseDecoder):
             self._uptime_clock.pop(serial, None)
         cyc.last_ms = now_ms
         self.asm.attach(serial, tag)
+        if self._looks_stale(serial, cyc):
+            self.skip(STALE)
 
     def _same_round(self, serial: str, cyc: _Cycle, t_ms: int | None, seconds: float) -> bool:
         if t_ms is not None:
@@ -179,17 +202,25 @@ class OpenDtuDecoder(BaseDecoder):
 
     def _judge(self, key: str, cycle: _Cycle) -> None:
         """An uptime-clock cycle is stale when its DTU is offline or says the values are old."""
+        if not cycle.stale and key in self._uptime_clock:
+            cycle.stale = self._uptime_stale(key)
+
+    def _uptime_stale(self, key: str) -> bool:
         last_update = self._uptime_clock.get(key)
-        if last_update is None or cycle.stale:
-            return
         dtu = self._dtus.get(self._base_of.get(key, ""))
-        if dtu is None:
-            return                      # nothing to judge by: it is as fresh as its receive time
+        if last_update is None or dtu is None:
+            return False                # nothing to judge by: it is as fresh as its receive time
         if dtu.offline:
-            cycle.stale = True
-        elif dtu.uptime_s is not None:
-            device_now_s = dtu.uptime_s + (self._now_ms - dtu.uptime_at_ms) / 1000
-            cycle.stale = (device_now_s - last_update) * 1000 > self.stale_ms
+            return True
+        if dtu.uptime_s is None:
+            return False
+        device_now_s = dtu.uptime_s + (self._now_ms - dtu.uptime_at_ms) / 1000
+        return (device_now_s - last_update) * 1000 > self.stale_ms
+
+    def _looks_stale(self, key: str, cycle: _Cycle) -> bool:
+        """The outcome of a message of ``cycle``: stale by what is known now (``_judge`` has the last word
+        when the cycle is emitted, after the rest of a retained burst)."""
+        return cycle.stale or self._uptime_stale(key)
 
     def device_of(self, topic: str) -> str:
         m = _TOPIC_RE.match(topic)

@@ -25,6 +25,11 @@ Direction. Active power is positive from the line side to the load side. ``expor
 is positive like an inverter's own reading.
 
 Time: ``params.ts`` of a notification when plausible, else the receive time (status topics have no time).
+
+Outcomes. ``ignored``: the LWT ``<prefix>/online``, ``NotifyEvent`` and other RPC frames, the status of
+components without metering (``sys``, ``wifi``, ``input:<n>``, a relay without a meter) and deltas that
+measure nothing (an output switched). Energy-only updates feed the next reading (they count as one).
+Anything else is ``unrecognised_topic`` (``.../status/reachable`` is no Shelly component: OpenDTU's).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any, Final
 
 from agent.errors import PayloadError
 from agent.records import Reading, Value
-from agent.sources.profiles._base import BaseDecoder, json_number, load_json, plausible_epoch_ms, scaled
+from agent.sources.profiles._base import IGNORED, BaseDecoder, json_number, load_json, plausible_epoch_ms, scaled
 
 _PHASES: Final = ("a", "b", "c")
 _NOTIFY: Final = frozenset({"NotifyStatus", "NotifyFullStatus"})
@@ -80,6 +85,11 @@ _PHASE: Final = (("current", "ac_current_a", 1.0, False), ("voltage", "ac_voltag
                  ("pf", "power_factor_pct", 100.0, False), ("freq", "ac_frequency_hz", 1.0, False))
 _ENERGY_KINDS: Final = frozenset({"emdata", "em1data"})
 _STATUS_KINDS: Final = frozenset({"em", *_CHANNEL, *_ENERGY_KINDS})
+# Components of which a device has one, so their status key has no ``:<id>`` (Shelly Gen2+ API docs v1.0,
+# Notifications: "component must be substituted by the component type, for example cloud, wifi, mqtt").
+# Their status carries no metering. Device-specific UIs are ``<name>_ui`` (``plugs_ui``, ``ht_ui``).
+_SINGLETONS: Final = frozenset({"sys", "wifi", "eth", "ble", "cloud", "mqtt", "ws", "ui", "bthome", "modbus",
+                                "knx", "matter", "zigbee"})
 
 
 def default_topics() -> list[str]:
@@ -101,11 +111,16 @@ def split_topic(topic: str) -> tuple[str, str] | None:
     return None
 
 
+def _component(key: str) -> bool:
+    """True for a Shelly component key: ``switch:0``, ``em:0``, ``input:1``, ``sys``, ``plugs_ui``."""
+    return ":" in key or key in _STATUS_KINDS or key in _SINGLETONS or key.endswith("_ui")
+
+
 def recognises(topic: str) -> bool:
     """True for a Gen2+ notification or component-status topic, or the ``<prefix>/online`` LWT."""
     split = split_topic(topic)
     if split is not None:
-        return split[1] == "rpc" or split[1].split(":")[0] in _STATUS_KINDS or ":" in split[1]
+        return split[1] == "rpc" or _component(split[1])
     parts = topic.split("/")
     return len(parts) >= 2 and parts[-1] == "online" and parts[0].startswith("shelly")
 
@@ -123,15 +138,22 @@ class ShellyDecoder(BaseDecoder):
     def _feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None, out: list[Reading]) -> None:
         split = split_topic(topic)
         if split is None:
+            if topic.endswith("/online"):
+                self.skip(IGNORED)      # the LWT: true/false
             return
         prefix, what = split
+        if what != "rpc" and what.split(":")[0] not in _STATUS_KINDS:
+            if _component(what):
+                self.skip(IGNORED)      # sys, wifi, cloud, input:0, ...: no metering
+            return
         doc = load_json(payload, topic)
         full: bool
         if what == "rpc":
             if not isinstance(doc, Mapping):
                 raise PayloadError(f"topic={topic} RPC frame is not an object")
             if doc.get("method") not in _NOTIFY:
-                return                  # NotifyEvent, responses to others' requests
+                self.skip(IGNORED)      # NotifyEvent, responses to others' requests
+                return
             params = doc.get("params")
             if not isinstance(params, Mapping):
                 raise PayloadError(f"topic={topic} {doc.get('method')} without params")
@@ -161,6 +183,11 @@ class ShellyDecoder(BaseDecoder):
         for comp, _, _ in changes:
             self._state[(prefix, comp)] = merged[comp]
         out += readings
+        if not readings:
+            if any(kind in _ENERGY_KINDS for _, kind, _ in changes):
+                self.kept()             # a counter that rides along with the next power update
+            else:
+                self.skip(IGNORED)      # nothing metered changed (an output switched, an input)
 
     def _status(self, prefix: str, comp: str, merged: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
         return merged.get(comp) or self._state.get((prefix, comp), {})

@@ -6,6 +6,10 @@ on one site (on two brokers, two feeds) would otherwise be one device. Values ar
 without a cycle marker, so a device's cycle ends when a metric repeats or after ``idle_ms`` of quiet.
 Energy totals (kWh) are left out: the documents are silent on their units, and a wrong energy counter
 is worse than none.
+
+Outcomes. ``ignored``: a metric without a schema field (``battery_current``, the energy totals,
+``set/response_message``, ...) and the Home Assistant discovery documents SolarAssistant publishes under
+``homeassistant/``. Anything else is ``unrecognised_topic``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Hashable
 from typing import Final
 
 from agent.records import Reading, Value
-from agent.sources.profiles._base import DEFAULT_IDLE_MS, BaseDecoder, parse_number
+from agent.sources.profiles._base import DEFAULT_IDLE_MS, IGNORED, BaseDecoder, parse_number
 
 # metric -> schema field, for any device kind
 METRICS: Final[dict[str, str]] = {
@@ -69,6 +73,7 @@ class SolarAssistantDecoder(BaseDecoder):
         else:
             table = BATTERY_METRICS if parts[1].startswith("battery_") else METRICS
             if metric not in table:
+                self.skip(IGNORED)      # no schema field (battery_current, energy totals, ...)
                 return
             name = table[metric]
             value = parse_number(payload, topic)

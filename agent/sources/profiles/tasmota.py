@@ -21,16 +21,22 @@ without ``SENSOR``/``STATUS10``.
 Time. ``Time`` is the device's *local* time without a zone, and the zone is a device setting the agent
 cannot see (Timezone, DST rules). Guessing it would shift readings by hours; telemetry is published the
 moment it is taken, so the receive time is the better clock and is used instead.
+
+Outcomes. ``ignored``: Tasmota's other ``tele``/``stat`` topics (``LWT``, ``STATE``, ``INFO1..3``, ``RESULT``,
+``POWER``, other ``STATUS<n>``: a level of capitals and digits after a ``tele`` or ``stat`` level), its native
+discovery ``tasmota/discovery/...``, and a ``SENSOR`` or ``STATUS10`` without ``ENERGY`` (a thermometer).
+Anything else is ``unrecognised_topic``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Mapping
 from typing import Final
 
 from agent.errors import PayloadError
 from agent.records import Reading, Value
-from agent.sources.profiles._base import BaseDecoder, json_number, load_json, scaled
+from agent.sources.profiles._base import IGNORED, BaseDecoder, json_number, load_json, scaled
 
 # ENERGY key -> (schema field, factor)
 PHASE_KEYS: Final[dict[str, tuple[str, float]]] = {
@@ -51,6 +57,9 @@ SUM_KEYS: Final[dict[str, tuple[str, float]]] = {
 COMMON_KEYS: Final = ("Frequency", "Voltage")
 MAX_CHANNELS: Final = 16
 _DATA: Final = {"tele": "SENSOR", "stat": "STATUS10"}
+# The last level of Tasmota's other tele/stat topics: a command or status name in capitals (LWT, STATE,
+# INFO1, RESULT, POWER2, STATUS8). Documented at https://tasmota.github.io/docs/MQTT/.
+_OTHER_TAIL: Final = re.compile(r"^[A-Z][A-Z0-9]*$")
 
 
 def default_topics() -> list[str]:
@@ -79,12 +88,17 @@ def _prefix_of(last: str) -> str | None:
     return next((p for p, tail in _DATA.items() if tail == last), None)
 
 
-def recognises(topic: str) -> bool:
-    """True for Tasmota's data topics (SENSOR, STATUS10) and its LWT/STATE/INFO telemetry."""
-    if split_topic(topic) is not None:
-        return True
+def _other_topic(topic: str) -> bool:
+    """Tasmota's topics without energy data: LWT, STATE, RESULT, POWER, STATUS<n>, native discovery."""
     parts = topic.split("/")
-    return len(parts) >= 3 and "tele" in parts[:-1] and parts[-1] in ("LWT", "STATE", "INFO1", "INFO2", "INFO3")
+    if len(parts) >= 3 and parts[:2] == ["tasmota", "discovery"]:
+        return True
+    return len(parts) >= 3 and bool({"tele", "stat"} & set(parts[:-2])) and bool(_OTHER_TAIL.match(parts[-1]))
+
+
+def recognises(topic: str) -> bool:
+    """True for Tasmota's data topics (SENSOR, STATUS10) and its other tele/stat topics (LWT, STATE, ...)."""
+    return split_topic(topic) is not None or _other_topic(topic)
 
 
 class TasmotaDecoder(BaseDecoder):
@@ -95,6 +109,8 @@ class TasmotaDecoder(BaseDecoder):
     def _feed(self, topic: str, payload: bytes, now_ms: int, tag: Hashable | None, out: list[Reading]) -> None:
         device = split_topic(topic)
         if device is None:
+            if _other_topic(topic):
+                self.skip(IGNORED)      # LWT, STATE, RESULT, POWER, ...: no energy data
             return
         doc = load_json(payload, topic)
         if isinstance(doc, Mapping) and topic.endswith("/STATUS10"):
@@ -103,7 +119,8 @@ class TasmotaDecoder(BaseDecoder):
             raise PayloadError(f"topic={topic} payload is not a JSON object")
         energy = doc.get("ENERGY")
         if energy is None:
-            return                      # a SENSOR message of a non-energy sensor
+            self.skip(IGNORED)          # a SENSOR message of a non-energy sensor
+            return
         if not isinstance(energy, Mapping):
             raise PayloadError(f"topic={topic} ENERGY is not an object")
         values = {key: self._values(topic, key, energy[key], factor)

@@ -12,6 +12,10 @@ it); per-phase values go to ``<device>/L<n>``, per-tracker values of a multi-tra
 
 The GX only publishes while someone sends ``R/<portal>/keepalive``; the source does that
 (``keepalive_topic``), it is the only message the agent ever publishes.
+
+Outcomes. ``ignored``: every ``N/...`` path without a schema field (``ProductId``, ``CustomName``,
+``Serial``, settings, ...), a zero-byte payload (the device vanished) and a ``full_publish_completed`` that
+completed no reading. Anything else is ``unrecognised_topic``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Final
 
 from agent.errors import PayloadError
 from agent.records import Reading, Value
-from agent.sources.profiles._base import BaseDecoder, json_number, load_json, scaled
+from agent.sources.profiles._base import IGNORED, BaseDecoder, json_number, load_json, scaled
 
 # (service, D-Bus path) -> (schema field, factor): device-level values. Paths and units from the Venus OS
 # D-Bus wiki (SI units, energy in kWh).
@@ -103,6 +107,8 @@ class VictronDecoder(BaseDecoder):
         if len(parts) == 3 and parts[0] == "N" and parts[2] == "full_publish_completed":
             for key in list(self.asm.keys()):
                 self.asm.flush(key, out)
+            if not out:
+                self.skip(IGNORED)      # the end of a republish that completed nothing
             return
         if len(parts) != 5 or parts[0] != "N":
             return
@@ -110,9 +116,11 @@ class VictronDecoder(BaseDecoder):
         state = (service, path) in STATE_PATHS
         spec = None if state else _where(service, path)
         if spec is None and not state:
+            self.skip(IGNORED)          # ProductId, CustomName, settings, ...: no schema field
             return
         if not payload:
-            return                      # device vanished: not an error, nothing to report
+            self.skip(IGNORED)          # device vanished: not an error, nothing to report
+            return
         doc = load_json(payload, topic)
         if not isinstance(doc, Mapping) or "value" not in doc:
             raise PayloadError(f"topic={topic} payload has no 'value' key",

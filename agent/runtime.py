@@ -195,6 +195,7 @@ class Agent:
         hard_exit_seconds: when set (the ``run`` command), a stop request arms a timer that ends the
             process with exit 0 after this many seconds even if some task never finishes. Left
             unset in-process (tests, the demo), where exiting the interpreter is not ours to do.
+        health_policy: the thresholds of ``health()``; the defaults suit a site (tests shorten them).
     """
 
     def __init__(
@@ -207,6 +208,7 @@ class Agent:
         clock: ClockGuard | None = None,
         now_ms: Callable[[], int] = wall_ms,
         hard_exit_seconds: float | None = None,
+        health_policy: HealthPolicy | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = AgentMetrics()
@@ -225,8 +227,9 @@ class Agent:
         self.clock = clock or ClockGuard(assume_synced=cfg.clock.assume_synced)
         self.ready = asyncio.Event()
         self._reloads = 0
-        self._recent_dead = RecentEvents(HealthPolicy().recent_seconds)
-        self._recent_dropped = RecentEvents(HealthPolicy().recent_seconds)
+        self.health_policy = health_policy or HealthPolicy()
+        self._recent_dead = RecentEvents(self.health_policy.recent_seconds)
+        self._recent_dropped = RecentEvents(self.health_policy.recent_seconds)
 
     # -- control ------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -623,7 +626,7 @@ class Agent:
             dead_letters_recent=self._recent_dead.count(now), dropped_recent=self._recent_dropped.count(now),
             held=stats.held if stats else 0,
             schema_mismatch=run.drain.guard.mismatch,
-        ))
+        ), self.health_policy)
 
     def metrics_text(self) -> str:
         run = self._run

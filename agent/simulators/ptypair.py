@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import selectors
+import termios
 import threading
 import tty
 from collections.abc import Callable
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # direction ("a->b" or "b->a"), bytes read -> bytes to forward (b"" drops them)
 Mangle = Callable[[str, bytes], bytes]
+_BAUD_OF = {getattr(termios, f"B{b}"): b for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)}
 
 
 class _End:
@@ -96,6 +98,22 @@ class PtyPair:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def baudrate_b(self) -> int | None:
+        """The baud rate the program on side B set on its port (termios), None when B is unplugged.
+
+        A pty moves bytes at any speed, so a test that needs a real line's behaviour (a unit at 19200
+        cannot decode a request sent at 9600) decides in ``mangle`` from this what the wire would do.
+        """
+        with self._lock:
+            b = self._b
+        if b is None:
+            return None
+        try:
+            speed = termios.tcgetattr(b.slave)[5]
+        except termios.error:
+            return None
+        return _BAUD_OF.get(speed)
 
     def unplug(self) -> None:
         """Side B disappears: its link is removed now and its pty closed by the relay at once

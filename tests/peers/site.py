@@ -49,6 +49,10 @@ from tests.waiting import wait_for
 REPO = Path(__file__).resolve().parents[2]
 SITE_ID = "e2e-site"
 OPENDTU_SERIAL = "114182912345"
+# Corpus devices (tests/cases/sunspec/) on the site's buses by default, so every e2e run meets real shapes:
+# a KOSTAL chain that ends in one 0x0000 register, a 701/714 DER inverter, and SunS at 0 behind a silent 40000.
+RTU_CORPUS: dict[int, str] = {11: "kostal_end_single_zero", 12: "der701_714_three_phase"}
+TCP_CORPUS: dict[int, str] = {2: "base0_silent_at_40000"}
 
 
 def iso_ms(time_ms: int) -> str:
@@ -312,13 +316,18 @@ class Site:
         mqtt: a mosquitto broker and an OpenDTU publisher the test drives (``publish_cycle``).
         mangle: byte mangler for the pty relay (garbage on the serial line).
         emulator: EmulatorSettings overrides (bulk_processing_seconds, ...).
+        rtu_corpus, tcp_corpus: unit id -> SunSpec corpus case served on that bus as it is ({} for none;
+            the RTU ones only when the bus has live units).
     """
 
     def __init__(self, workdir: Path, *, rtu_units: tuple[int, ...] = (1, 2), dead_units: tuple[int, ...] = (),
                  tcp: bool = False, mqtt: bool = False, mangle: Mangle | None = None,
-                 emulator: dict[str, Any] | None = None) -> None:
+                 emulator: dict[str, Any] | None = None, rtu_corpus: dict[int, str] | None = None,
+                 tcp_corpus: dict[int, str] | None = None) -> None:
         self.workdir = workdir
         self.rtu_units = rtu_units
+        self.rtu_corpus = dict(RTU_CORPUS if rtu_corpus is None else rtu_corpus) if rtu_units else {}
+        self.tcp_corpus = dict(TCP_CORPUS if tcp_corpus is None else tcp_corpus)
         self.dead_units = dead_units
         self.tcp = tcp
         self.mqtt = mqtt
@@ -357,10 +366,12 @@ class Site:
         if self.rtu_units or self.dead_units:
             self.pair = self._stack.enter_context(
                 PtyPair(self.workdir / "ttySIM", self.workdir / "ttyAGENT", mangle=self.mangle))
-            self.rtu_sim = SunSpecSimulator(self.rtu_units, seed=1, dead_units=self.dead_units)
+            self.rtu_sim = SunSpecSimulator(self.rtu_units, seed=1, dead_units=self.dead_units,
+                                            corpus=self.rtu_corpus)
             await self._stack.enter_async_context(self.rtu_sim.serve_rtu(str(self.pair.a)))
         if self.tcp:
-            self.tcp_sim = SunSpecSimulator((1,), seed=2, float_model=True, manufacturer="FloatSim")
+            self.tcp_sim = SunSpecSimulator((1,), seed=2, float_model=True, manufacturer="FloatSim",
+                                            corpus=self.tcp_corpus)
             await self._stack.enter_async_context(self.tcp_sim.serve_tcp())
         if self.mqtt:
             binary = find_mosquitto()
@@ -389,7 +400,9 @@ class Site:
                     poll_interval_seconds: float = 0.25, max_requests_per_second: float = 50.0,
                     outbox_max_bytes: int = 2_000_000_000, when_full: str = "drop_oldest",
                     min_free_bytes: int = 0, extra_drain: str = "", extra: str = "",
-                    dc_timeout_seconds: float = 5.0) -> str:
+                    dc_timeout_seconds: float = 5.0, sources: bool = True) -> str:
+        """The site file. ``sources=False``: without the site's own buses and feed (``extra`` brings them,
+        e.g. the blocks ``solar-agent scan`` printed)."""
         lines = [
             "[site]", f'id = "{SITE_ID}"', 'customer_id = "001E2E0000000001"', "",
             "[outbox]", f'path = "{self.outbox_path}"', f"max_bytes = {outbox_max_bytes}",
@@ -407,17 +420,18 @@ class Site:
             # This host's kernel reports an unsynchronised clock (a container): trust the wall clock,
             # or every reading is held back for re-stamping and nothing is delivered.
             lines += ["[clock]", "assume_synced = true", ""]
-        if self.pair is not None:
+        if self.pair is not None and sources:
             lines += ["[[modbus]]", 'name = "rs485"', 'transport = "rtu"', f'port = "{self.pair.b}"',
                       "timeout_seconds = 0.3", f"poll_interval_seconds = {poll_interval_seconds}", ""]
-            for u in (*self.rtu_units, *self.dead_units):
+            for u in (*self.rtu_units, *self.rtu_corpus, *self.dead_units):
                 lines += ["[[modbus.devices]]", f"unit_id = {u}", ""]
-        if self.tcp_sim is not None:
+        if self.tcp_sim is not None and sources:
             lines += ["[[modbus]]", 'name = "lan"', 'transport = "tcp"', 'host = "127.0.0.1"',
                       f"tcp_port = {self.tcp_sim.port}", "timeout_seconds = 0.5",
-                      f"poll_interval_seconds = {poll_interval_seconds}", "",
-                      "[[modbus.devices]]", "unit_id = 1", ""]
-        if self.broker is not None:
+                      f"poll_interval_seconds = {poll_interval_seconds}", ""]
+            for u in (1, *self.tcp_corpus):
+                lines += ["[[modbus.devices]]", f"unit_id = {u}", ""]
+        if self.broker is not None and sources:
             lines += ["[[mqtt]]", 'name = "opendtu"', f'url = "{self.broker.url}"', 'profile = "opendtu"',
                       'client_id = "solar-agent-e2e-opendtu"', ""]
         lines.append(extra)           # more [[mqtt]] or [[modbus]] sections, appended last

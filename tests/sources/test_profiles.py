@@ -10,8 +10,14 @@ import pytest
 from agent.config import MqttConfig
 from agent.errors import ConfigError, PayloadError
 from agent.records import IDENTITY_FIELDS, load_schema
-from agent.sources.profiles import MALFORMED, NO_READING_REASONS, PROFILES, UNRECOGNISED_TOPIC, is_write_topic
-from agent.sources.profiles._base import is_discovery_topic
+from agent.sources.profiles import (
+    MALFORMED,
+    NO_READING_REASONS,
+    PROFILES,
+    UNRECOGNISED_TOPIC,
+    is_discovery_topic,
+    is_write_topic,
+)
 from agent.sources.profiles.opendtu import OpenDtuDecoder
 
 CASES = Path(__file__).parent.parent / "cases" / "mqtt"

@@ -39,6 +39,7 @@ from agent.sources.profiles._base import (
     NO_READING_REASONS,
     STALE,
     UNRECOGNISED_TOPIC,
+    is_discovery_topic,
     is_write_topic,
 )
 
@@ -120,4 +121,4 @@ PROFILES: Final[dict[str, Profile]] = {
 }
 
 __all__ = ["IGNORED", "MALFORMED", "NO_READING_REASONS", "PROFILES", "STALE", "UNRECOGNISED_TOPIC", "Decoder",
-           "Profile", "is_write_topic"]
+           "Profile", "is_discovery_topic", "is_write_topic"]

@@ -55,7 +55,7 @@ _SERIAL: Final = r"[0-9a-fA-F]{10,16}"
 _TOPIC_RE: Final = re.compile(rf"^(?P<base>(?:.*/)?)(?P<serial>{_SERIAL})/(?P<rest>.+)$")
 _DTU_RE: Final = re.compile(r"^(?P<base>(?:.*/)?)dtu/(?P<what>status|uptime)$")
 _INVERTER_REST: Final = re.compile(r"^(?:name|status/\w+|radio/\w+|device/\w+|[0-6]/\w+)$")
-_DTU_TOPICS: Final = re.compile(r"^(?:.*/)?(?:dtu/[\w/]+|ac/(?:power|yieldtotal|yieldday|is_valid)"
+_DTU_TOPICS: Final = re.compile(r"^(?P<base>(?:.*/)?)(?:dtu/[\w/]+|ac/(?:power|yieldtotal|yieldday|is_valid)"
                                 r"|dc/(?:power|irradiation|is_valid))$")
 
 # field -> (schema field, factor to its unit). Channel 0 carries the AC values and the inverter's
@@ -98,10 +98,16 @@ class _Dtu:
 
 def recognises(topic: str) -> bool:
     """True when ``topic`` has the shape of an OpenDTU topic (inverter or DTU), whatever its base."""
+    return base_of(topic) is not None
+
+
+def base_of(topic: str) -> str | None:
+    """The base topic (``solar/``, ``home/pv/roof/``) of an OpenDTU topic, None when it is not one."""
     m = _TOPIC_RE.match(topic)
     if m is not None and _INVERTER_REST.match(m["rest"]):
-        return True
-    return bool(_DTU_TOPICS.match(topic))
+        return m["base"]
+    d = _DTU_TOPICS.match(topic)
+    return d["base"] if d is not None else None
 
 
 class OpenDtuDecoder(BaseDecoder):
@@ -231,4 +237,4 @@ def default_topics(base: str = "solar") -> list[str]:
     return [f"{base}/#"]
 
 
-__all__ = ["AC_FIELDS", "DC_FIELDS", "OpenDtuDecoder", "default_topics", "recognises"]
+__all__ = ["AC_FIELDS", "DC_FIELDS", "OpenDtuDecoder", "base_of", "default_topics", "recognises"]

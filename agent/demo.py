@@ -1,10 +1,13 @@
 """`solar-agent demo`: the whole mission on one machine, with nothing configured.
 
-It starts the Data Cloud emulator, two SunSpec inverters on a virtual RS-485 bus and one on Modbus
-TCP, an OpenDTU feed on a local mosquitto when one is installed, and the agent with a temporary
-outbox; plays a scenario (streaming, a short outage, a long outage that crosses the bulk
-threshold, the link back) with a live progress line; then reconciles what the sources produced
-with what landed in the emulator's table. Exit 0 only when nothing was lost, invented or duplicated.
+It starts the Data Cloud emulator; a virtual RS-485 bus with two simulated SunSpec inverters and two
+devices of the corpus (``tests/cases/sunspec``: a KOSTAL whose model chain ends in a single 0x0000, and a
+three-phase IEEE 1547 inverter with models 701 and 714); a Modbus TCP endpoint with a float-model inverter
+and a corpus device whose SunS sits at 0 behind a silent 40000; an OpenDTU and a Shelly feed on a local
+mosquitto when one is installed (replaying the corpus's firmware templates); and the agent with a
+temporary outbox. It plays a scenario (streaming, a short outage, a long outage that crosses the bulk
+threshold, the link back) with a live progress line; then reconciles what the sources produced with what
+landed in the emulator's table. Exit 0 only when nothing was lost, invented or duplicated.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from agent.simulators.sunspec_device import SunSpecSimulator
 log = logging.getLogger(__name__)
 
 OPENDTU_SERIAL = "114182912345"
+SHELLY_PREFIX = "shellyplusplugs-e86beae1a0b8"
+# Corpus devices served as they are on the demo's buses (unit id -> tests/cases/sunspec/<case>).
+RTU_CORPUS = {3: "kostal_end_single_zero", 4: "der701_714_three_phase"}
+TCP_CORPUS = {2: "base0_silent_at_40000"}
 CLIENT_ID = "solar-agent-demo"
 USERNAME = "agent@demo.example"
 
@@ -126,7 +133,8 @@ class Demo:
                 bulk_after: float) -> AgentConfig:
         mqtt: tuple[MqttConfig, ...] = ()
         if broker is not None:
-            mqtt = (MqttConfig("opendtu", broker.url, "opendtu", client_id="solar-agent-demo-opendtu"),)
+            mqtt = (MqttConfig("opendtu", broker.url, "opendtu", client_id="solar-agent-demo-opendtu"),
+                    MqttConfig("shelly", broker.url, "shelly", client_id="solar-agent-demo-shelly"))
         return AgentConfig(
             source_file="<demo defaults>",
             site=SiteConfig("demo-site", "001DEMO0000000001", "Demo PV plant"),
@@ -134,10 +142,10 @@ class Demo:
                                       private_key_path=key_path, source_name="solar_agent", ca_file=emu.ca_file),
             outbox=OutboxConfig(path=self.workdir / "outbox.db"),
             modbus=(
-                ModbusBusConfig("rs485", "rtu", (ModbusDeviceConfig(1), ModbusDeviceConfig(2)), port=rtu_port,
-                                baudrate=9600, timeout_seconds=0.5, poll_interval_seconds=0.25),
-                ModbusBusConfig("lan", "tcp", (ModbusDeviceConfig(1),), host="127.0.0.1", tcp_port=tcp_port,
-                                timeout_seconds=0.5, poll_interval_seconds=0.25),
+                ModbusBusConfig("rs485", "rtu", tuple(ModbusDeviceConfig(u) for u in (1, 2, *RTU_CORPUS)),
+                                port=rtu_port, baudrate=9600, timeout_seconds=0.5, poll_interval_seconds=0.25),
+                ModbusBusConfig("lan", "tcp", tuple(ModbusDeviceConfig(u) for u in (1, *TCP_CORPUS)),
+                                host="127.0.0.1", tcp_port=tcp_port, timeout_seconds=0.5, poll_interval_seconds=0.25),
             ),
             mqtt=mqtt,
             # Small batches so that a demo-sized backlog is worth a bulk job (the age trigger wants a
@@ -158,12 +166,14 @@ class Demo:
             emu = await stack.enter_async_context(Emulator(settings))
             self.say(f"  Data Cloud emulator     {emu.url}")
             pair = stack.enter_context(PtyPair(self.workdir / "ttySIM", self.workdir / "ttyAGENT"))
-            rtu_sim = SunSpecSimulator((1, 2), seed=1)
-            tcp_sim = SunSpecSimulator((1,), seed=2, float_model=True, manufacturer="FloatSim")
+            rtu_sim = SunSpecSimulator((1, 2), seed=1, corpus=RTU_CORPUS)
+            tcp_sim = SunSpecSimulator((1,), seed=2, float_model=True, manufacturer="FloatSim", corpus=TCP_CORPUS)
             await stack.enter_async_context(rtu_sim.serve_rtu(str(pair.a)))
             tcp = await stack.enter_async_context(tcp_sim.serve_tcp())
-            self.say(f"  SunSpec RTU bus         units 1, 2 on {pair.b} (virtual RS-485)")
-            self.say(f"  SunSpec TCP inverter    127.0.0.1:{tcp.port} (float model 113)")
+            self.say(f"  SunSpec RTU bus         units 1, 2 (simulated), 3 KOSTAL chain end, 4 DER 701/714 "
+                     f"(corpus) on {pair.b}")
+            self.say(f"  SunSpec TCP endpoint    127.0.0.1:{tcp.port}: unit 1 (float model 113), "
+                     "unit 2 SunS at 0 behind a silent 40000 (corpus)")
             assert tcp.port is not None, "serve_tcp sets the port while serving"
             broker = await self._start_mqtt(stack)
             cfg = self._config(emu, keys.private_key_path, pair.b, tcp.port, broker, bulk_after)
@@ -179,17 +189,19 @@ class Demo:
     async def _start_mqtt(self, stack: contextlib.AsyncExitStack) -> Broker | None:
         binary = find_mosquitto()
         if not self.with_mqtt or binary is None:
-            self.say("  OpenDTU MQTT feed       skipped (no mosquitto binary; apt-get install mosquitto)")
+            self.say("  MQTT feeds              skipped (no mosquitto binary; apt-get install mosquitto)")
             return None
         (self.workdir / "mqtt").mkdir()
         broker = Broker(binary, self.workdir / "mqtt", free_port())
         await asyncio.to_thread(broker.start)
         stack.callback(broker.stop)
-        publisher = await stack.enter_async_context(
-            MqttPublisher("opendtu", broker.url, (OPENDTU_SERIAL,), interval_seconds=1.0))
-        task = asyncio.create_task(publisher.run(), name="demo[opendtu]")
-        stack.push_async_callback(_cancel, task)
-        self.say(f"  OpenDTU MQTT feed       {broker.url} (mosquitto), inverter {OPENDTU_SERIAL}")
+        for profile, device in (("opendtu", OPENDTU_SERIAL), ("shelly", SHELLY_PREFIX)):
+            publisher = await stack.enter_async_context(
+                MqttPublisher(profile, broker.url, (device,), interval_seconds=1.0, client_id=f"demo-sim-{profile}"))
+            task = asyncio.create_task(publisher.run(), name=f"demo[{profile}]")
+            stack.push_async_callback(_cancel, task)
+        self.say(f"  MQTT feeds              {broker.url} (mosquitto): OpenDTU inverter {OPENDTU_SERIAL}, "
+                 f"Shelly plug {SHELLY_PREFIX}")
         return broker
 
     async def _play(self, emu: Emulator, phases: list[Phase]) -> None:

@@ -3,20 +3,27 @@ config blocks, which must load with the agent's own config loader when appended 
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.cli.scan import parse_units
 from agent.config import MqttConfig, load_config
 from agent.scan.mqtt import Survey, matches, suggest_topics
+from agent.scan.progress import Progress
 from agent.scan.results import FoundUnit, LineSettings, ModbusScan, MqttScan
 from agent.scan.rtu import COMMON_UNITS, Heard, RtuPlan, line_settings, live_settings
 from agent.scan.tcp import merge_aliases
 from agent.scan.toml import modbus_block, mqtt_block
 from agent.sources.profiles import PROFILES, is_discovery_topic, is_write_topic
 from tests.cli.conftest import write_config
+from tests.fuzz import examples
+from tests.sources.test_profiles_fuzz import PAYLOAD, TOPIC
 
 CASES = Path(__file__).resolve().parents[1] / "cases" / "mqtt"
 BASE_MS = 1_732_860_000_000
@@ -147,3 +154,34 @@ def test_the_rtu_plan_detects_with_common_ids_and_bounds_its_time() -> None:
                                              ("a", None), ("", None)])
 def test_unit_lists(text: str, units: tuple[int, ...] | None) -> None:
     assert parse_units(text) == units
+
+
+@pytest.mark.fuzz
+@settings(max_examples=examples(100), deadline=None)
+@given(msgs=st.lists(st.tuples(TOPIC, PAYLOAD), max_size=30))
+def test_the_survey_survives_any_traffic_and_its_block_still_loads(msgs: list[tuple[str, bytes]],
+                                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    survey = Survey("mqtt://192.168.1.20:1883")
+    for n, (topic, payload) in enumerate(msgs):
+        survey.add(topic, payload, BASE_MS + n)
+    scan = MqttScan("mqtt://192.168.1.20:1883", 1.0)
+    scan.feeds, scan.devices = survey.finish(BASE_MS + len(msgs))
+    assert survey.messages == len(msgs) == survey.skipped + survey.unrecognised_total + \
+        sum(f.messages for f in scan.feeds)
+    block = mqtt_block(scan)
+    if block:
+        load_config(write_config(tmp_path_factory.mktemp("cfg"), extra="\n" + block).config)
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_keeps_notes() -> None:
+    tty, plain = io.StringIO(), io.StringIO()
+    for out, is_tty in ((tty, True), (plain, False)):
+        p = Progress(out, tty=is_tty)
+        p.status("unit 1")
+        p.status("unit 2")
+        p.note("unit 2 answers")
+        p.done()
+    stamp = r"\[\s*\d+\.\ds\] "
+    # On a terminal: the transient line rewritten in place, then cleared before the note that stays.
+    assert re.fullmatch(rf"\r{stamp}unit 1\r{stamp}unit 2\r *\r{stamp}unit 2 answers\n", tty.getvalue())
+    assert re.fullmatch(rf"{stamp}unit 2 answers\n", plain.getvalue())

@@ -33,6 +33,7 @@ examples:
   solar-agent simulate sunspec --rtu                      # makes a virtual RS-485 pair, prints its path
   solar-agent simulate sunspec --rtu /dev/ttyUSB1 --units 1,2
   solar-agent simulate sunspec --tcp 127.0.0.1:1502 --float
+  solar-agent simulate sunspec --rtu --corpus 3=kostal_end_single_zero --corpus 4=der701_714_three_phase
   solar-agent simulate mqtt --profile opendtu --url mqtt://127.0.0.1:1883 --interval 5
 """
 
@@ -64,6 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--baudrate", type=int, default=9600, help="RTU baud rate (default 9600)")
     s.add_argument("--link", type=Path, default=None, metavar="PATH",
                    help="with --rtu and no PORT: where to put the agent-side link (default: a temp dir)")
+    s.add_argument("--corpus", action="append", default=[], metavar="UNIT=CASE",
+                   help="also serve a device of the corpus (tests/cases/sunspec/CASE) as it is, on UNIT; repeat "
+                        "for several (e.g. 3=kostal_end_single_zero): rehearse solar-agent scan on real shapes")
     s.set_defaults(func=_sunspec)
 
     m = kinds.add_parser(
@@ -109,11 +113,39 @@ def _parse_units(text: str) -> tuple[int, ...] | None:
     return units if units and all(1 <= u <= 247 for u in units) else None
 
 
+def _parse_corpus(items: list[str]) -> dict[int, str] | str:
+    """``["3=kostal_end_single_zero"]`` -> {3: "kostal_end_single_zero"}, or the error to print."""
+    from agent.simulators.corpus import sunspec_cases
+
+    out: dict[int, str] = {}
+    for item in items:
+        unit, sep, case = item.partition("=")
+        if not sep or not unit.isdigit() or not 1 <= int(unit) <= 247:
+            return f"--corpus must be UNIT=CASE with a unit id 1-247 (got {item!r})"
+        try:
+            known = sunspec_cases()
+        except FileNotFoundError as exc:
+            return str(exc)
+        if case not in known:
+            return f"--corpus: no SunSpec case {case!r}; one of {', '.join(known)}"
+        out[int(unit)] = case
+    return out
+
+
 def _sunspec(args: argparse.Namespace) -> int:
     units = _parse_units(args.units)
     if units is None:
         print(f"Error: --units must be unit ids 1-247 separated by commas (got {args.units!r})", file=sys.stderr)
         print("Try: --units 1,2", file=sys.stderr)
+        return EXIT_USAGE
+    corpus = _parse_corpus(args.corpus)
+    if isinstance(corpus, str):
+        print(f"Error: {corpus}", file=sys.stderr)
+        print("Try: --corpus 3=kostal_end_single_zero (ls tests/cases/sunspec)", file=sys.stderr)
+        return EXIT_USAGE
+    if set(corpus) & set(units):
+        print(f"Error: unit ids {sorted(set(corpus) & set(units))} are in --units and --corpus", file=sys.stderr)
+        print("Try: give corpus devices unit ids of their own, e.g. --units 1,2 --corpus 3=...", file=sys.stderr)
         return EXIT_USAGE
     tcp: tuple[str, int] | None = None
     if args.tcp is not None:
@@ -126,7 +158,7 @@ def _sunspec(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(_serve_sunspec(args, units, tcp))
+        return asyncio.run(_serve_sunspec(args, units, tcp, corpus))
     except OSError as exc:
         print(f"Error: cannot start the simulator: {exc}", file=sys.stderr)
         print("Try: another port (is something listening there already?), or check the serial port's path",
@@ -134,17 +166,19 @@ def _sunspec(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-async def _serve_sunspec(args: argparse.Namespace, units: tuple[int, ...], tcp: tuple[str, int] | None) -> int:
+async def _serve_sunspec(args: argparse.Namespace, units: tuple[int, ...], tcp: tuple[str, int] | None,
+                         corpus: dict[int, str]) -> int:
     from agent.simulators.ptypair import PtyPair
     from agent.simulators.sunspec_device import SunSpecSimulator
 
-    sim = SunSpecSimulator(units, base_address=args.base, float_model=args.float)
+    sim = SunSpecSimulator(units, base_address=args.base, float_model=args.float, corpus=corpus)
     model = 113 if args.float else 103
+    cases = "".join(f", unit {u} {c} (corpus)" for u, c in sorted(corpus.items()))
     async with contextlib.AsyncExitStack() as stack:
         stop = stack.enter_context(_stop_signals())
         if tcp is not None:
             await stack.enter_async_context(sim.serve_tcp(*tcp))
-            _say(f"SunSpec simulator: units {list(units)} (models 1, {model}) at base {args.base} "
+            _say(f"SunSpec simulator: units {list(units)} (models 1, {model}) at base {args.base}{cases} "
                  f"on Modbus TCP {tcp[0]}:{sim.port}")
             _say(f'In site.toml: [[modbus]] transport = "tcp"  host = "{tcp[0]}"  tcp_port = {sim.port}')
         else:
@@ -157,7 +191,8 @@ async def _serve_sunspec(args: argparse.Namespace, units: tuple[int, ...], tcp: 
                 _say(f"virtual RS-485 pair: simulator on {pair.a}, agent side {pair.b}")
                 _say(f'In site.toml: [[modbus]] transport = "rtu"  port = "{pair.b}"  baudrate = {args.baudrate}')
             await stack.enter_async_context(sim.serve_rtu(port, baudrate=args.baudrate))
-            _say(f"SunSpec simulator: units {list(units)} (models 1, {model}) at base {args.base} on RTU {port}")
+            _say(f"SunSpec simulator: units {list(units)} (models 1, {model}) at base {args.base}{cases} "
+                 f"on RTU {port}")
         _say("Ctrl-C to stop.")
         await stop.wait()
     _say("simulator stopped")

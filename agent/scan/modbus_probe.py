@@ -205,6 +205,22 @@ _SPEEDS: Final = {b: getattr(termios, f"B{b}") for b in (1200, 2400, 4800, 9600,
 _PARITY_FLAGS: Final = {"N": 0, "E": termios.PARENB, "O": termios.PARENB | termios.PARODD}
 
 
+def port_problem(port: str) -> SourceError | None:
+    """Why ``port`` cannot be scanned at all (missing, no permission, in use), or None (blocking: a thread)."""
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        return SourceError(f"cannot open {port}: {exc.strerror}", hint=_port_hint(port))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)         # the lock pyserial's exclusive=True takes
+    except OSError:
+        return SourceError(f"{port} is in use by another program",
+                           hint="stop the agent first: sudo systemctl stop solar-agent")
+    finally:
+        os.close(fd)
+    return None
+
+
 def _try_settings(port: str, settings: LineSettings) -> None:
     """Open ``port``, lock it, set ``settings``, close it (blocking: run in a thread). SourceError when refused.
 
@@ -248,4 +264,4 @@ def _tcp_hint(port: int) -> str:
             "ping the host; check the firewall")
 
 
-__all__ = ["SUNSPEC_BASES", "Link", "Probe", "ProbeKind", "open_rtu", "open_tcp"]
+__all__ = ["SUNSPEC_BASES", "Link", "Probe", "ProbeKind", "open_rtu", "open_tcp", "port_problem"]

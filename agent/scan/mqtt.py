@@ -93,7 +93,7 @@ class Survey:
             readings = fam.decoder.feed(topic, payload, now_ms)
         except PayloadError as exc:
             fam.trouble.setdefault(_device_of(fam, topic), f"payload the profile cannot decode: {exc.message}")
-            fam.decoder.salvage()
+            self._keep(fam, fam.decoder.salvage())          # readings it completed before the bad part
             fam.decoder.release()
             return
         if fam.decoder.outcome == STALE:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from agent.errors import SourceError
-from agent.scan.modbus_probe import SUNSPEC_BASES, open_rtu
+from agent.scan.modbus_probe import SUNSPEC_BASES, open_rtu, port_problem
 from agent.scan.progress import Progress
 from agent.scan.results import FoundUnit, LineSettings, ModbusScan
 
@@ -88,6 +88,10 @@ async def scan_rtu(plan: RtuPlan, progress: Progress) -> ModbusScan:
     if not await asyncio.to_thread(os.path.exists, plan.port):
         result.error = f"{plan.port}: no such serial port"
         result.hint = "list the adapters with ls -l /dev/serial/by-id/ and pass one with --port"
+        return result
+    problem = await asyncio.to_thread(port_problem, plan.port)
+    if problem is not None:
+        result.error, result.hint = problem.message, problem.hint or ""
         return result
     progress.note(f"scanning {plan.port}: {len(plan.settings)} line settings x unit ids "
                   f"{_ranges(plan.detect_units)} to detect, then {len(plan.units)} unit ids at the settings "

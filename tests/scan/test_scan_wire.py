@@ -167,3 +167,17 @@ async def test_mqtt_with_no_broker_says_so() -> None:
     from agent.simulators.broker import free_port
     result = await scan_mqtt(f"mqtt://127.0.0.1:{free_port()}", 1.0, Progress(tty=False, quiet=True))
     assert "cannot connect" in result.error and result.hint and not result.found
+
+
+async def test_rtu_on_a_port_held_by_the_agent_stops_at_once_and_says_so(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    with PtyPair(tmp_path / "ttySIM", tmp_path / "ttySCAN") as pair:
+        fd = os.open(pair.b, os.O_RDWR | os.O_NOCTTY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)          # what the agent's pymodbus holds while it runs
+            result = await scan_rtu(RtuPlan(pair.b, line_settings()), Progress(tty=False, quiet=True))
+        finally:
+            os.close(fd)
+    assert "in use by another program" in result.error and "systemctl stop solar-agent" in result.hint
+    assert result.probes == 0 and not result.found

@@ -202,6 +202,9 @@ def _report_modbus(result: ModbusScan, args: argparse.Namespace) -> int:
             print(f"  {s}: the port refused these settings ({why})")
         for s in result.garbled:
             print(f"  {s}: garbled replies (a unit at another parity, two units with one id, or noise)")
+        if result.slow:
+            print(f"  unit(s) {', '.join(map(str, result.slow))} answered after --timeout {args.timeout:g}s: "
+                  "others this slow may have been missed; scan again with --timeout 1")
         if block:
             print("\nAppend to site.toml, then run solar-agent check-config:\n")
             print(block)

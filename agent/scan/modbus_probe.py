@@ -8,7 +8,9 @@ something different on an RS-485 line:
 * ``garbled``: bytes came back but not a valid frame (bad CRC or framing): someone talks, but at other
   line settings (parity), or two units share an id, or the line is noisy;
 * ``silent``: nothing within the timeout: nobody at this id, or nobody understood the request (another
-  baud rate).
+  baud rate);
+* ``late``: a valid frame from another unit id, the one asked before: it answers after the timeout
+  (the line settings are right; the timeout is too short for it).
 
 Read-only: only function 3 (read holding registers) is ever sent. Foreign exceptions (pymodbus,
 pyserial, termios) end here and become ``SourceError`` (the link cannot be opened) or a probe kind.
@@ -33,10 +35,13 @@ from agent.errors import AgentError, DeviceProtocolError, DeviceTimeout, SourceE
 from agent.scan.results import FoundUnit, LineSettings
 from agent.sources.sunspec import BASE_CANDIDATES, decode_model, device_id, discover
 
-ProbeKind = Literal["data", "exception", "silent", "garbled"]
+ProbeKind = Literal["data", "exception", "silent", "garbled", "late"]
 SUNSPEC_BASES: Final = BASE_CANDIDATES          # 40000, 0, 50000: the order the agent tries them in
 _EXCEPTIONS: Final = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
                       4: "device failure", 6: "device busy", 11: "gateway target did not respond"}
+
+
+IDENTIFY_TIMEOUT_SECONDS: Final = 1.0             # reading a map that answered: worth waiting for
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,7 @@ class Probe:
     kind: ProbeKind
     detail: str = ""
     registers: tuple[int, ...] = ()
+    late_unit: int | None = None                 # ``late``: the unit whose answer came
 
     @property
     def answered(self) -> bool:
@@ -58,13 +64,13 @@ class Link:
         self._client = client
         self.where = where
         self.probes = 0
-        self._rx = 0                  # bytes received since the last request (garbled vs silent)
+        self._rx = bytearray()        # bytes received since the last request (garbled vs silent vs late)
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
-            self._rx = 0
+            self._rx.clear()
         else:
-            self._rx += len(data)
+            self._rx += data
         return data
 
     async def probe(self, unit: int, address: int, count: int = 2) -> Probe:
@@ -76,8 +82,11 @@ class Link:
             if not self._client.connected:
                 raise SourceError(f"{self.where}: the link closed during the scan",
                                   hint="is another program using the port? stop the agent first") from None
+            late = late_frame_unit(bytes(self._rx), unit)
+            if late is not None:
+                return Probe("late", f"unit {late} answered after the timeout", late_unit=late)
             if self._rx:
-                return Probe("garbled", f"{self._rx} bytes without a valid frame")
+                return Probe("garbled", f"{len(self._rx)} bytes without a valid frame")
             return Probe("silent", "no answer")
         except ModbusException as exc:
             raise SourceError(f"{self.where}: {exc}", hint="check the port or host") from exc
@@ -251,6 +260,28 @@ def _try_settings(port: str, settings: LineSettings) -> None:
         os.close(fd)
 
 
+def crc16(frame: bytes) -> int:
+    """Modbus RTU CRC (polynomial 0xA001 reflected, initial 0xFFFF); sent low byte first."""
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def late_frame_unit(data: bytes, asked: int) -> int | None:
+    """The unit id of a whole, valid RTU frame in ``data`` from another unit than ``asked``, else None.
+
+    pymodbus drops such a frame (it answers a request we stopped waiting for); its bytes still tell us
+    that unit exists and needs a longer timeout.
+    """
+    if len(data) < 5 or data[0] == asked:
+        return None
+    body, crc = data[:-2], int.from_bytes(data[-2:], "little")
+    return data[0] if 1 <= data[0] <= 247 and crc16(body) == crc else None
+
+
 def _port_hint(port: str) -> str:
     if not os.path.exists(port):
         return "no such port: list the adapters with ls -l /dev/serial/by-id/"
@@ -264,4 +295,5 @@ def _tcp_hint(port: int) -> str:
             "ping the host; check the firewall")
 
 
-__all__ = ["SUNSPEC_BASES", "Link", "Probe", "ProbeKind", "open_rtu", "open_tcp", "port_problem"]
+__all__ = ["IDENTIFY_TIMEOUT_SECONDS", "SUNSPEC_BASES", "Link", "Probe", "ProbeKind", "crc16", "late_frame_unit",
+           "open_rtu", "open_tcp", "port_problem"]

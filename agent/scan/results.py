@@ -53,6 +53,7 @@ class ModbusScan:
     other_settings: dict[str, list[int]] = field(default_factory=dict)   # rtu: more settings that answered
     garbled: list[str] = field(default_factory=list)           # rtu: settings that got garbled replies
     refused: dict[str, str] = field(default_factory=dict)      # rtu: settings the adapter refused, and why
+    slow: list[int] = field(default_factory=list)              # rtu: units that answered after the timeout
     probes: int = 0                                            # requests sent
     elapsed_s: float = 0.0
     error: str = ""                                            # the scan could not run at all

@@ -7,12 +7,14 @@ rate it cannot even decode the request), and a bus has one set of settings. So:
 1. Detect: at each baud rate and parity, probe a few common unit ids (1, 2, 3, 126, 247, or the ids asked
    for) at 40000. A valid answer (even a Modbus exception) means these settings are the bus's;
    garbled bytes mean someone talks at other settings (parity) or two units collide; silence means
-   nobody, or not at these settings. When no setting got an answer, the common ids are probed once more
-   at 0 and 50000 (a unit silent at 40000 whose map is elsewhere).
+   nobody, or not at these settings; a valid frame from the unit asked before means that unit answers
+   after the timeout (right settings, slow unit: it is kept and reported). When no setting got an
+   answer, the common ids are probed once more at 0 and 50000 (a unit silent at 40000 whose map is
+   elsewhere), and then the sweep asks every base too.
 2. Sweep: only at the settings that answered, every unit id asked for (1-247 by default), one probe each
    at 40000 (``all_bases``: also 0 and 50000 for the silent ones, three times slower).
-3. Identify every unit that answered: SunSpec discovery at 40000, 0 and 50000 (as the agent does) and
-   the common model (manufacturer, model, serial).
+3. Identify every unit that answered, with a longer timeout: SunSpec discovery at 40000, 0 and 50000 (as
+   the agent does) and the common model (manufacturer, model, serial).
 
 Worst case (``estimate_seconds``): detection probes x timeout, plus one sweep. Read-only: FC3 only.
 """
@@ -22,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from agent.errors import SourceError
-from agent.scan.modbus_probe import SUNSPEC_BASES, open_rtu, port_problem
+from agent.scan.modbus_probe import IDENTIFY_TIMEOUT_SECONDS, SUNSPEC_BASES, open_rtu, port_problem
 from agent.scan.progress import Progress
 from agent.scan.results import FoundUnit, LineSettings, ModbusScan
 
@@ -97,9 +99,11 @@ async def scan_rtu(plan: RtuPlan, progress: Progress) -> ModbusScan:
                   f"{_ranges(plan.detect_units)} to detect, then {len(plan.units)} unit ids at the settings "
                   f"that answer; at most about {plan.estimate_seconds():.0f}s")
     heard = await _detect(plan, (SUNSPEC_BASES[0],), result, progress)
-    if not live_settings(heard) and not result.error:
+    if not live_settings(heard):
         progress.note("no answer at 40000: probing the same unit ids at 0 and 50000")
         heard = await _detect(plan, SUNSPEC_BASES[1:], result, progress)
+        # Units that answer only elsewhere: the others on this bus may well be alike.
+        plan = replace(plan, all_bases=True)
     result.garbled = [str(s) for s, h in heard.items() if h.garbled and not h.answered]
     live = live_settings(heard)
     found: dict[LineSettings, list[FoundUnit]] = {}
@@ -131,6 +135,9 @@ async def _detect(plan: RtuPlan, bases: tuple[int, ...], result: ModbusScan,
                         h.answered.append(unit)
                         progress.note(f"{settings}: unit {unit} answers ({got.detail or 'registers'})")
                         break           # these are the bus's settings: the sweep finds the rest
+                    if got.late_unit is not None:
+                        h.answered.append(_slow(result, got.late_unit, plan, progress))
+                        break
                     if got.kind == "garbled":
                         h.garbled += 1
                 result.probes += link.probes
@@ -159,6 +166,11 @@ async def _sweep(plan: RtuPlan, settings: LineSettings, heard: Heard, result: Mo
                 if got.answered:
                     answered.append(unit)
                     progress.note(f"{settings}: unit {unit} answers")
+                elif got.late_unit is not None and got.late_unit not in answered:
+                    answered.append(_slow(result, got.late_unit, plan, progress))
+            result.probes += link.probes
+        # A unit that answered is worth waiting for: its map is read with a longer timeout.
+        async with open_rtu(plan.port, settings, max(plan.timeout_seconds, IDENTIFY_TIMEOUT_SECONDS)) as link:
             for unit in sorted(answered):
                 progress.status(f"{settings}: reading the SunSpec map of unit {unit}")
                 found = await link.identify(unit)
@@ -169,6 +181,14 @@ async def _sweep(plan: RtuPlan, settings: LineSettings, heard: Heard, result: Mo
         result.refused[str(settings)] = exc.message
         progress.note(f"{settings}: sweep stopped ({exc.message})")
     return units
+
+
+def _slow(result: ModbusScan, unit: int, plan: RtuPlan, progress: Progress) -> int:
+    if unit not in result.slow:
+        result.slow.append(unit)
+        progress.note(f"unit {unit} answers after {plan.timeout_seconds:g}s: it is found, but sweep with a longer "
+                      "--timeout")
+    return unit
 
 
 def describe(u: FoundUnit) -> str:

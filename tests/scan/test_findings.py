@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from agent.cli.scan import parse_units
 from agent.config import MqttConfig, load_config
+from agent.scan.modbus_probe import crc16, late_frame_unit
 from agent.scan.mqtt import Survey, matches, suggest_topics
 from agent.scan.progress import Progress
 from agent.scan.results import FoundUnit, LineSettings, ModbusScan, MqttScan
@@ -185,3 +186,15 @@ def test_progress_rewrites_one_line_on_a_terminal_and_keeps_notes() -> None:
     # On a terminal: the transient line rewritten in place, then cleared before the note that stays.
     assert re.fullmatch(rf"\r{stamp}unit 1\r{stamp}unit 2\r *\r{stamp}unit 2 answers\n", tty.getvalue())
     assert re.fullmatch(rf"{stamp}unit 2 answers\n", plain.getvalue())
+
+
+def test_a_late_answer_is_told_from_noise_by_its_crc() -> None:
+    # The known answer the reference prototype checked against a real pymodbus frame (shared/field-protocols.md,
+    # client_raw.py): 01 03 00 00 00 0A -> CRC bytes C5 CD, low byte first.
+    assert crc16(bytes.fromhex("01030000000A")).to_bytes(2, "little") == bytes.fromhex("C5CD")
+    frame = bytes.fromhex("0203045375 6E53".replace(" ", ""))
+    frame += crc16(frame).to_bytes(2, "little")
+    assert late_frame_unit(frame, asked=3) == 2
+    assert late_frame_unit(frame, asked=2) is None                    # the unit asked: not late
+    assert late_frame_unit(frame[:-1] + b"\x00", asked=3) is None     # bad CRC: noise
+    assert late_frame_unit(b"\x02\x03", asked=3) is None

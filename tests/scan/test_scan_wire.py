@@ -181,3 +181,23 @@ async def test_rtu_on_a_port_held_by_the_agent_stops_at_once_and_says_so(tmp_pat
             os.close(fd)
     assert "in use by another program" in result.error and "systemctl stop solar-agent" in result.hint
     assert result.probes == 0 and not result.found
+
+
+async def test_rtu_keeps_a_unit_that_answers_after_the_timeout_and_says_so(tmp_path: Path) -> None:
+    import time
+    pair = PtyPair(tmp_path / "ttySIM", tmp_path / "ttySCAN")
+
+    def slow_unit(direction: str, data: bytes) -> bytes:
+        if direction == "a->b":
+            time.sleep(0.35)            # the unit's turnaround: longer than the scan's timeout (relay thread)
+        return data
+
+    pair.mangle = slow_unit
+    sim = SunSpecSimulator((2,), seed=1)
+    with pair:
+        async with sim.serve_rtu(pair.a):
+            plan = RtuPlan(pair.b, line_settings((9600,), ("N",)), (1, 2, 3), timeout_seconds=0.2)
+            result = await scan_rtu(plan, Progress(tty=False, quiet=True))
+    # Unit 2's answer to the probe arrives during the probe of unit 3: a valid frame from unit 2, not noise.
+    assert result.slow == [2] and result.garbled == []
+    assert [(u.unit_id, u.device_id) for u in result.units] == [(2, f"SunSpecSim-{sim.serial_number(2)}")]

@@ -173,9 +173,7 @@ async def _sweep(plan: RtuPlan, settings: LineSettings, heard: Heard, result: Mo
         async with open_rtu(plan.port, settings, max(plan.timeout_seconds, IDENTIFY_TIMEOUT_SECONDS)) as link:
             for unit in sorted(answered):
                 progress.status(f"{settings}: reading the SunSpec map of unit {unit}")
-                found = await link.identify(unit)
-                units.append(found)
-                progress.note(f"{settings}: {describe(found)}")
+                units.append(await link.identify(unit))
             result.probes += link.probes
     except SourceError as exc:
         result.refused[str(settings)] = exc.message

@@ -15,7 +15,6 @@ from agent.errors import SourceError
 from agent.scan.modbus_probe import SUNSPEC_BASES, open_tcp
 from agent.scan.progress import Progress
 from agent.scan.results import FoundUnit, ModbusScan
-from agent.scan.rtu import describe
 
 DEFAULT_UNITS: Final = (1, 2, 3, 126, 247)
 DEFAULT_TIMEOUT_SECONDS: Final = 1.0
@@ -34,6 +33,7 @@ async def scan_tcp(host: str, port: int, units: tuple[int, ...], timeout_seconds
                 got = await link.first_answer(unit, SUNSPEC_BASES)
                 if not got.answered:
                     continue
+                progress.note(f"{host}:{port}: unit {unit} answers")
                 progress.status(f"{host}:{port}: reading the SunSpec map of unit {unit}")
                 found.append(await link.identify(unit))
             result.probes = link.probes
@@ -41,8 +41,6 @@ async def scan_tcp(host: str, port: int, units: tuple[int, ...], timeout_seconds
         result.error = exc.message
         result.hint = exc.hint or ""
     result.units = merge_aliases(found)
-    for u in result.units:
-        progress.note(describe(u))
     result.elapsed_s = round(progress.elapsed(), 1)
     progress.done()
     return result

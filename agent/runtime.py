@@ -611,7 +611,7 @@ class Agent:
             if isinstance(src, SupportsFeedHealth):
                 f = src.feed_health()
                 feeds.append(FeedCheck(f.source, f.connected, f.ever_connected, f.last_connect_error,
-                                       f.last_message_ms, f.last_reading_ms, f.example_topic, f.example_reason))
+                                       f.last_unusable_ms, f.last_reading_ms, f.example_topic, f.example_reason))
         auth_failing = run.drain.stream_state.last_error.startswith("AuthError")
         sup = run.supervisor
         return evaluate_health(HealthInputs(

@@ -133,9 +133,9 @@ class FeedCheck:
     connected: bool
     ever_connected: bool
     last_connect_error: str = ""
-    last_message_ms: int | None = None
+    last_unusable_ms: int | None = None   # the last message that could have been a reading and was not
     last_reading_ms: int | None = None
-    example_topic: str = ""           # the last topic that gave no reading
+    example_topic: str = ""           # its topic
     example_reason: str = ""
 
 
@@ -226,8 +226,9 @@ def _feed_reasons(inputs: HealthInputs, policy: HealthPolicy) -> list[str]:
             reasons.append(f"{BROKER_DISCONNECTED}: feed={feed.name} {state} error={feed.last_connect_error or '-'}")
             continue
         window = policy.feed_no_reading_seconds * 1000
-        # Messages keep coming (one within the window) but none gave a reading for the whole window.
-        receiving = feed.last_message_ms is not None and now - feed.last_message_ms <= window
+        # Messages that could be readings keep coming (one within the window) but none gave a reading for
+        # the whole window. Only 'ignored' traffic (names, status: a DTU at night) is a quiet site, not this.
+        receiving = feed.last_unusable_ms is not None and now - feed.last_unusable_ms <= window
         since = feed.last_reading_ms if feed.last_reading_ms is not None else inputs.started_ms
         if receiving and now - since > window:
             hint = _FEED_HINTS.get(feed.example_reason, "check the feed's profile and topics")

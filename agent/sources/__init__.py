@@ -56,8 +56,9 @@ class FeedHealth:
     outcomes: dict[str, int]               # outcome -> messages
     last_message_ms: int | None
     last_reading_ms: int | None            # receive time of the last message that fed a reading
-    example_topic: str                     # the last topic that gave no reading, and why
+    example_topic: str                     # the last topic that could have given a reading and did not, and why
     example_reason: str
+    last_unusable_ms: int | None = None    # receive time of that message (ignored ones never count)
 
 
 @runtime_checkable

@@ -47,7 +47,7 @@ from agent.config import MqttConfig
 from agent.errors import ConfigError, PayloadError
 from agent.records import PAYLOAD_HEAD_BYTES, Reading, RejectedInput
 from agent.sources import DeviceHealth, Emit, FeedHealth, Reject
-from agent.sources.profiles import MALFORMED, PROFILES, Decoder, victron
+from agent.sources.profiles import IGNORED, MALFORMED, PROFILES, Decoder, victron
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class MqttSource:
         self._last_message_ms: int | None = None
         self._last_reading_ms: int | None = None
         self._example: tuple[str, str] = ("", "")
+        self._last_unusable_ms: int | None = None
         self._ever_connected = False
         self._last_log_ms: dict[str, int] = {}
         self._suppressed: dict[str, int] = {}
@@ -155,7 +156,7 @@ class MqttSource:
     def feed_health(self) -> FeedHealth:
         return FeedHealth(self.name, self.cfg.url, self.connected, self._ever_connected, self.last_connect_error,
                           self.received_total, dict(self._outcomes), self._last_message_ms, self._last_reading_ms,
-                          *self._example)
+                          *self._example, last_unusable_ms=self._last_unusable_ms)
 
     async def run(self, emit: Emit, reject: Reject | None = None) -> None:
         """Connect, subscribe, decode, commit, ack - until cancelled. Broker outages never end it.
@@ -323,8 +324,11 @@ class MqttSource:
         if outcome is None:
             outcome = READING
             self._last_reading_ms = now
-        else:
+        elif outcome != IGNORED:
+            # Messages that could have been readings and were not. Ignored ones (names, status, a DTU
+            # at night) say nothing is wrong: they must not make a sleeping site look misconfigured.
             self._example = (msg.topic[:200], outcome)
+            self._last_unusable_ms = now
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
         if self.on_outcome is not None:
             self.on_outcome(self.name, outcome)

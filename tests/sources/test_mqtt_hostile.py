@@ -153,3 +153,28 @@ async def test_odd_topics_and_a_valid_message_after_the_storm(mosquitto_broker: 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_only_ignored_traffic_is_a_quiet_site_not_a_misconfigured_feed(mosquitto_broker: Broker) -> None:
+    """OpenDTU at night: inverters asleep, the DTU still publishes names and status (all 'ignored').
+    That must not raise feed_no_readings (it would every night)."""
+    from agent.status import FeedCheck, HealthInputs, evaluate_health
+
+    night = [("solar/114182912345/name", b"Roof east"), ("solar/dtu/uptime", b"86400"),
+             ("solar/114182912345/status/reachable", b"0"), ("solar/dtu/status", b"online")]
+    sink = Sink()
+    src = MqttSource(_feed("opendtu", mosquitto_broker.url, ["solar/#"], client_id="hostile-night"), "site")
+    task = await _started(src, sink)
+    try:
+        await asyncio.to_thread(_publish, mosquitto_broker, night, "pub-night")
+        await wait_for(lambda: src.acked_total >= len(night), 10, "the night traffic acked")
+        health = src.feed_health()
+        assert health.outcomes == {"ignored": len(night)}, health.outcomes
+        assert health.last_unusable_ms is None and health.example_topic == ""
+        now = health.last_message_ms or 0
+        check = FeedCheck(src.name, True, True, "", health.last_unusable_ms, None, "", "")
+        report = evaluate_health(HealthInputs(now_ms=now + 200_000, started_ms=now - 3_600_000, feeds=[check]))
+        assert report.ok, report.reasons
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -8,7 +8,9 @@
   hint; all errors of a file are collected and raised together as one ``ConfigErrors``, which
   is a ``ConfigError`` (``exc.errors`` lists them one by one);
 * relative paths resolve against the config file's directory; ``credential:NAME`` on a secret
-  file key resolves to ``$CREDENTIALS_DIRECTORY/NAME`` (systemd ``LoadCredential=``);
+  file key resolves to ``$CREDENTIALS_DIRECTORY/NAME`` inside the service (systemd
+  ``LoadCredential=``) and to ``NAME`` in the config file's directory everywhere else, where the
+  unit loads it from;
 * secrets are never accepted in the TOML itself (``password = ...`` is refused), only paths to
   files holding them, and the loader never opens those files.
 
@@ -217,7 +219,8 @@ def load_config(path: str | Path | None = None, *, credentials_dir: str | Path |
 
     Args:
         path: the TOML file; None means ``resolve_config_path()`` (env ``SOLAR_AGENT_CONFIG``).
-        credentials_dir: where ``credential:NAME`` paths point; default ``$CREDENTIALS_DIRECTORY``.
+        credentials_dir: where ``credential:NAME`` paths point; default ``$CREDENTIALS_DIRECTORY``
+            (set by systemd inside the service), else the config file's directory.
 
     Raises:
         ConfigError: (a ``ConfigErrors``) listing every problem, each with file, key path, value, hint.
@@ -765,12 +768,10 @@ class _Ctx:
                            hint='e.g. "credential:solar-agent.key", the name given to LoadCredential=')
                 return _BAD
             if self.credentials_dir is None:
-                self.error(kp, "credential: needs $CREDENTIALS_DIRECTORY, which is not set", value,
-                           hint=f"systemd sets it for a unit with LoadCredential={cred}:/path; "
-                                "to check the file by hand run with "
-                                "CREDENTIALS_DIRECTORY=<dir holding the file> or "
-                                "--credentials-directory")
-                return _BAD
+                # Not the service: a technician's command run as root beside it. The shipped unit
+                # loads NAME from the config file's directory (LoadCredential=NAME:/etc/solar-agent/
+                # NAME), so the same file is found there without systemd's help.
+                return self.base_dir / cred
             return self.credentials_dir / cred
         if value.startswith("~"):
             self.error(kp, "~ is not expanded", value, hint="write the absolute path")

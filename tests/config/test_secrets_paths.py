@@ -93,19 +93,27 @@ def test_credential_directory_argument_wins(monkeypatch: pytest.MonkeyPatch, tmp
     assert cfg.datacloud.private_key_path == tmp_path / "k.pem"
 
 
-def test_credential_without_credentials_directory_is_an_error(
+def test_credential_outside_the_service_is_next_to_the_config_file(
     write_site: Callable[[str], Path], capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace(
-        'private_key_path = "/etc/solar-agent/keys/datacloud.key"',
-        'private_key_path = "credential:solar-agent.key"',
-    )
-    path = write_site(text)
-    assert main(["check-config", "-q", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert f"Error: {path}: datacloud.private_key_path: credential: needs $CREDENTIALS_DIRECTORY" in err
-    assert "LoadCredential=solar-agent.key" in err
-    assert main(["check-config", "-q", "--credentials-directory", str(tmp_path), str(path)]) == 0
+    # sudo solar-agent check-config|status|doctor run beside the service, without systemd's
+    # $CREDENTIALS_DIRECTORY: the unit loads credential NAME from /etc/solar-agent/NAME, so the
+    # same file is NAME in the config file's directory.
+    path = write_site(EXAMPLE.read_text(encoding="utf-8"))
+    assert 'private_key_path = "credential:solar-agent.key"' in path.read_text(encoding="utf-8")
+    assert load_config(path).datacloud.private_key_path == tmp_path / "solar-agent.key"
+    assert main(["check-config", "-q", str(path)]) == 0
+    creds = tmp_path / "creds"
+    assert load_config(path, credentials_dir=creds).datacloud.private_key_path == creds / "solar-agent.key"
+    assert main(["check-config", "-q", "--credentials-directory", str(creds), str(path)]) == 0
+    capsys.readouterr()
+
+
+def test_credential_in_a_relative_config_path_is_absolute(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(_with(datacloud={"private_key_path": "credential:solar-agent.key"}), "site.toml")
+    assert cfg.datacloud.private_key_path == tmp_path / "solar-agent.key"
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -152,3 +160,28 @@ def test_config_path_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert resolve_config_path("given.toml") == Path("given.toml")
     monkeypatch.setenv("SOLAR_AGENT_CONFIG", str(EXAMPLE))
     assert load_config().source_file == str(EXAMPLE)
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", "--config", "{config}"],
+    ["drain", "--now", "--config", "{config}"],
+    ["outbox", "--config", "{config}", "stats"],
+    ["outbox", "--config", "{config}", "peek"],
+    ["outbox", "--config", "{config}", "dead-letters"],
+])
+def test_commands_beside_the_service_accept_a_credential_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+) -> None:
+    # Run as root next to the service there is no $CREDENTIALS_DIRECTORY (the conftest clears it):
+    # these commands never read the key, so they get as far as the (absent) agent and outbox.
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[site]\nid = "p"\ncustomer_id = "c"\n'
+        f'[outbox]\npath = "{tmp_path / "outbox.db"}"\n'
+        '[datacloud]\nlogin_url = "https://login.salesforce.com"\nclient_id = "x"\nusername = "u"\n'
+        'private_key_path = "credential:solar-agent.key"\nsource_name = "s"\n'
+        f'[status]\nsocket_path = "{tmp_path / "status.sock"}"\n', encoding="utf-8")
+    code = main([a.format(config=config) for a in argv])
+    err = capsys.readouterr().err
+    assert "CREDENTIALS_DIRECTORY" not in err and "credential" not in err
+    assert code in (1, 3), err   # 3: the agent is not running; 1: no outbox file yet

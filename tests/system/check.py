@@ -1,0 +1,198 @@
+"""Helpers of the system test (tests/system/run): read the outbox and the emulator's table, reconcile.
+
+Standard library only, run with Debian's /usr/bin/python3, so the helper shares nothing with the
+package under test. Not a pytest module: ``make system-test`` runs it inside the box.
+
+What "nothing lost" means here, without a hook inside the agent (it runs under systemd):
+
+* MQTT: a mosquitto_sub witness with its own persistent session records every cycle the broker
+  accepted (``status/last_update`` carries the cycle's unix second). The OpenDTU profile turns a
+  cycle into three readings (the inverter and its two strings) stamped with that second, so every
+  witnessed cycle must land as those three rows.
+* SunSpec: a poll has no outside witness, so the test snapshots the outbox's queue (event ids the
+  agent has committed) right before each restart, kill, upgrade; every snapshotted id must land.
+
+Subcommands (all print one line or a short report; exit 1 when a reconciliation fails):
+  snapshot DB OUT          event ids now queued in the outbox -> OUT (one per line)
+  count DB TABLE           rows of an outbox table (events, held, dead_letters)
+  landed URL [DEVICE]      rows in the emulator's table (of DEVICE)
+  restamped URL            landed rows with clock_quality "restamped"
+  faults URL JSON          set the emulator's faults (e.g. '{"outage": true}')
+  reconcile URL --witness FILE --snapshot FILE... --devices A,B --opendtu SERIAL
+  exposure                 the overall exposure from `systemd-analyze security` text on stdin
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sqlite3
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+
+def _outbox(db: str) -> sqlite3.Connection:
+    # Read-only next to the running agent: WAL readers see committed rows and never block it.
+    return sqlite3.connect(f"file:{quote(db)}?mode=ro", uri=True, timeout=10)
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.load(resp)
+
+
+def _records(url: str) -> list[dict[str, Any]]:
+    body = _get(f"{url}/__emulator/records?limit=100000000")
+    records: list[dict[str, Any]] = body["records"]
+    return records
+
+
+def _iso(t_s: int) -> str:
+    # The schema's yyyy-MM-ddTHH:mm:ss.SSSZ, as the agent writes date_time.
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t_s))
+
+
+def snapshot(db: str, out: str) -> int:
+    with _outbox(db) as conn:
+        ids = [r[0] for r in conn.execute("SELECT event_id FROM events")]
+    Path(out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    print(len(ids))
+    return 0
+
+
+def count(db: str, table: str) -> int:
+    if table not in ("events", "held", "dead_letters"):
+        raise SystemExit(f"unknown table {table!r}")
+    with _outbox(db) as conn:
+        print(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    return 0
+
+
+def landed(url: str, device: str | None) -> int:
+    rows = _records(url)
+    print(sum(1 for r in rows if device is None or r.get("device_id") == device))
+    return 0
+
+
+def restamped(url: str) -> int:
+    print(sum(1 for r in _records(url) if r.get("clock_quality") == "restamped"))
+    return 0
+
+
+def faults(url: str, body: str) -> int:
+    req = urllib.request.Request(f"{url}/__emulator/faults", data=body.encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        print(resp.read().decode())
+    return 0
+
+
+def witnessed_cycles(path: str) -> set[tuple[str, int]]:
+    """(serial, unix second) of every OpenDTU cycle the witness saw."""
+    cycles: set[tuple[str, int]] = set()
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        m = re.fullmatch(r"solar/([^/]+)/status/last_update (\d+)", line.strip())
+        if m:
+            cycles.add((m[1], int(m[2])))
+    return cycles
+
+
+def reconcile(url: str, witness: str, snapshots: list[str], devices: list[str], serial: str) -> int:
+    rows = _records(url)
+    ids = {str(r["event_id"]) for r in rows}
+    by_reading: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in rows:
+        by_reading[(str(r.get("device_id")), str(r.get("date_time")))].add(str(r["event_id"]))
+
+    committed: set[str] = set()
+    for snap in snapshots:
+        committed |= {line for line in Path(snap).read_text(encoding="utf-8").split() if line}
+    lost_committed = sorted(committed - ids)
+
+    mqtt_devices = {serial, f"{serial}/pv1", f"{serial}/pv2"}
+    expected_mqtt = {(dev, _iso(t)) for s, t in witnessed_cycles(witness) if s == serial for dev in mqtt_devices}
+    landed_mqtt = {k for k in by_reading if k[0] in mqtt_devices}
+    lost_mqtt = sorted(expected_mqtt - landed_mqtt)
+    invented_mqtt = sorted(landed_mqtt - expected_mqtt)
+
+    known = set(devices) | mqtt_devices
+    foreign = sorted({dev for dev, _ in by_reading} - known)
+    duplicates = sorted(k for k, v in by_reading.items() if len(v) > 1)
+    per_device: dict[str, int] = defaultdict(int)
+    for dev, _ in by_reading:
+        per_device[dev] += 1
+
+    print(f"landed rows            {len(ids)}")
+    for dev in sorted(per_device):
+        print(f"  {dev:<24} {per_device[dev]}")
+    print(f"committed (snapshots)  {len(committed)}, lost {len(lost_committed)}")
+    print(f"MQTT cycles witnessed  {len(expected_mqtt) // 3} -> {len(expected_mqtt)} readings, "
+          f"lost {len(lost_mqtt)}, invented {len(invented_mqtt)}")
+    print(f"duplicate readings     {len(duplicates)} (same device and time under two event ids)")
+    print(f"unknown devices        {len(foreign)}")
+    for label, items in (("lost (committed)", lost_committed), ("lost (MQTT)", lost_mqtt),
+                         ("invented (MQTT)", invented_mqtt), ("duplicate", duplicates), ("unknown", foreign)):
+        for item in items[:10]:
+            print(f"  {label}: {item}")
+    ok = not (lost_committed or lost_mqtt or invented_mqtt or duplicates or foreign) and bool(expected_mqtt)
+    return 0 if ok else 1
+
+
+def exposure() -> int:
+    text = sys.stdin.read()
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", text)
+    if not m:
+        print("no exposure line")
+        return 1
+    print(m[1])
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("snapshot")
+    s.add_argument("db")
+    s.add_argument("out")
+    s = sub.add_parser("count")
+    s.add_argument("db")
+    s.add_argument("table")
+    s = sub.add_parser("landed")
+    s.add_argument("url")
+    s.add_argument("device", nargs="?")
+    s = sub.add_parser("restamped")
+    s.add_argument("url")
+    s = sub.add_parser("faults")
+    s.add_argument("url")
+    s.add_argument("json")
+    s = sub.add_parser("reconcile")
+    s.add_argument("url")
+    s.add_argument("--witness", required=True)
+    s.add_argument("--snapshot", action="append", default=[])
+    s.add_argument("--devices", required=True)
+    s.add_argument("--opendtu", required=True)
+    sub.add_parser("exposure")
+    a = p.parse_args(argv)
+    if a.cmd == "snapshot":
+        return snapshot(a.db, a.out)
+    if a.cmd == "count":
+        return count(a.db, a.table)
+    if a.cmd == "landed":
+        return landed(a.url, a.device)
+    if a.cmd == "restamped":
+        return restamped(a.url)
+    if a.cmd == "faults":
+        return faults(a.url, a.json)
+    if a.cmd == "reconcile":
+        return reconcile(a.url, a.witness, a.snapshot, a.devices.split(","), a.opendtu)
+    return exposure()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -14,8 +14,10 @@ What "nothing lost" means here, without a hook inside the agent (it runs under s
 
 Subcommands (all print one line or a short report; exit 1 when a reconciliation fails):
   snapshot DB OUT          event ids now queued in the outbox -> OUT (one per line)
-  count DB TABLE           rows of an outbox table (events, held, dead_letters)
+  count DB TABLE           rows of an outbox table (events, held, dead_letters), or "leased":
+                           queued rows a delivery in flight holds
   landed URL [DEVICE]      rows in the emulator's table (of DEVICE)
+  dump URL OUT             the emulator's table as JSON (kept with the logs)
   restamped URL            landed rows with clock_quality "restamped"
   faults URL JSON          set the emulator's faults (e.g. '{"outage": true}')
   reconcile URL --witness FILE --snapshot FILE... --devices A,B --opendtu SERIAL
@@ -66,11 +68,26 @@ def snapshot(db: str, out: str) -> int:
     return 0
 
 
-def count(db: str, table: str) -> int:
-    if table not in ("events", "held", "dead_letters"):
-        raise SystemExit(f"unknown table {table!r}")
+_COUNTS = {
+    "events": "SELECT count(*) FROM events",
+    "leased": "SELECT count(*) FROM events WHERE lease_id IS NOT NULL",
+    "held": "SELECT count(*) FROM held",
+    "dead_letters": "SELECT count(*) FROM dead_letters",
+}
+
+
+def count(db: str, what: str) -> int:
+    if what not in _COUNTS:
+        raise SystemExit(f"unknown count {what!r}; one of {', '.join(_COUNTS)}")
     with _outbox(db) as conn:
-        print(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        print(conn.execute(_COUNTS[what]).fetchone()[0])
+    return 0
+
+
+def dump(url: str, out: str) -> int:
+    rows = _records(url)
+    Path(out).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    print(len(rows))
     return 0
 
 
@@ -136,10 +153,13 @@ def reconcile(url: str, witness: str, snapshots: list[str], devices: list[str], 
           f"lost {len(lost_mqtt)}, invented {len(invented_mqtt)}")
     print(f"duplicate readings     {len(duplicates)} (same device and time under two event ids)")
     print(f"unknown devices        {len(foreign)}")
+    first = {(str(r.get("device_id")), str(r.get("date_time"))): r for r in rows}
     for label, items in (("lost (committed)", lost_committed), ("lost (MQTT)", lost_mqtt),
                          ("invented (MQTT)", invented_mqtt), ("duplicate", duplicates), ("unknown", foreign)):
         for item in items[:10]:
-            print(f"  {label}: {item}")
+            row = first.get(item) if isinstance(item, tuple) else None
+            more = f" clock_quality={row.get('clock_quality')} event_id={row.get('event_id')}" if row else ""
+            print(f"  {label}: {item}{more}")
     ok = not (lost_committed or lost_mqtt or invented_mqtt or duplicates or foreign) and bool(expected_mqtt)
     return 0 if ok else 1
 
@@ -166,6 +186,9 @@ def main(argv: list[str]) -> int:
     s = sub.add_parser("landed")
     s.add_argument("url")
     s.add_argument("device", nargs="?")
+    s = sub.add_parser("dump")
+    s.add_argument("url")
+    s.add_argument("out")
     s = sub.add_parser("restamped")
     s.add_argument("url")
     s = sub.add_parser("faults")
@@ -185,6 +208,8 @@ def main(argv: list[str]) -> int:
         return count(a.db, a.table)
     if a.cmd == "landed":
         return landed(a.url, a.device)
+    if a.cmd == "dump":
+        return dump(a.url, a.out)
     if a.cmd == "restamped":
         return restamped(a.url)
     if a.cmd == "faults":

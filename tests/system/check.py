@@ -11,6 +11,10 @@ What "nothing lost" means here, without a hook inside the agent (it runs under s
   witnessed cycle must land as those three rows.
 * SunSpec: a poll has no outside witness, so the test snapshots the outbox's queue (event ids the
   agent has committed) right before each restart, kill, upgrade; every snapshotted id must land.
+* Nothing altered: with ``--values`` (run by the package's own interpreter), every landed OpenDTU
+  reading of a witnessed cycle must carry the values the simulator published for that cycle
+  (``agent.simulators.mqtt_publishers.messages``, the test peer, which shares nothing with the
+  agent's MQTT source).
 
 Subcommands (all print one line or a short report; exit 1 when a reconciliation fails):
   snapshot DB OUT          event ids now queued in the outbox -> OUT (one per line)
@@ -20,7 +24,7 @@ Subcommands (all print one line or a short report; exit 1 when a reconciliation 
   dump URL OUT             the emulator's table as JSON (kept with the logs)
   restamped URL            landed rows with clock_quality "restamped"
   faults URL JSON          set the emulator's faults (e.g. '{"outage": true}')
-  reconcile URL --witness FILE --snapshot FILE... --devices A,B --opendtu SERIAL
+  reconcile URL --witness FILE --snapshot FILE... --devices A,B --opendtu SERIAL [--values]
   exposure                 the overall exposure from `systemd-analyze security` text on stdin
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sqlite3
 import sys
@@ -120,7 +125,29 @@ def witnessed_cycles(path: str) -> set[tuple[str, int]]:
     return cycles
 
 
-def reconcile(url: str, witness: str, snapshots: list[str], devices: list[str], serial: str) -> int:
+def _wrong_values(rows: list[dict[str, Any]], cycles: set[tuple[str, int]], serial: str) -> list[str]:
+    """Landed readings of witnessed cycles whose values are not the ones published for that cycle."""
+    from agent.simulators.mqtt_publishers import messages  # the peer; only under the package's python
+
+    wrong: list[str] = []
+    landed_by_key = {(str(r.get("device_id")), str(r.get("date_time"))): r for r in rows}
+    for s, t in sorted(cycles):
+        if s != serial:
+            continue
+        for exp in messages("opendtu", s, t)[1]:
+            row = landed_by_key.get((exp.device_id, _iso(t)))
+            if row is None:
+                continue        # counted as lost elsewhere
+            diff = {k: (row.get(k), v) for k, v in exp.metrics.items()
+                    if not (isinstance(v, float) and isinstance(row.get(k), float)
+                            and math.isclose(row[k], v, rel_tol=1e-9, abs_tol=1e-6)) and row.get(k) != v}
+            if diff:
+                wrong.append(f"{exp.device_id} {_iso(t)} landed/published {diff}")
+    return wrong
+
+
+def reconcile(url: str, witness: str, snapshots: list[str], devices: list[str], serial: str,
+              values: bool = False) -> int:
     rows = _records(url)
     ids = {str(r["event_id"]) for r in rows}
     by_reading: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -133,7 +160,8 @@ def reconcile(url: str, witness: str, snapshots: list[str], devices: list[str], 
     lost_committed = sorted(committed - ids)
 
     mqtt_devices = {serial, f"{serial}/pv1", f"{serial}/pv2"}
-    expected_mqtt = {(dev, _iso(t)) for s, t in witnessed_cycles(witness) if s == serial for dev in mqtt_devices}
+    cycles = witnessed_cycles(witness)
+    expected_mqtt = {(dev, _iso(t)) for s, t in cycles if s == serial for dev in mqtt_devices}
     landed_mqtt = {k for k in by_reading if k[0] in mqtt_devices}
     lost_mqtt = sorted(expected_mqtt - landed_mqtt)
     invented_mqtt = sorted(landed_mqtt - expected_mqtt)
@@ -151,16 +179,20 @@ def reconcile(url: str, witness: str, snapshots: list[str], devices: list[str], 
     print(f"committed (snapshots)  {len(committed)}, lost {len(lost_committed)}")
     print(f"MQTT cycles witnessed  {len(expected_mqtt) // 3} -> {len(expected_mqtt)} readings, "
           f"lost {len(lost_mqtt)}, invented {len(invented_mqtt)}")
+    wrong = _wrong_values(rows, cycles, serial) if values else []
+    if values:
+        print(f"MQTT values altered    {len(wrong)} (landed values differ from the published cycle's)")
     print(f"duplicate readings     {len(duplicates)} (same device and time under two event ids)")
     print(f"unknown devices        {len(foreign)}")
     first = {(str(r.get("device_id")), str(r.get("date_time"))): r for r in rows}
     for label, items in (("lost (committed)", lost_committed), ("lost (MQTT)", lost_mqtt),
-                         ("invented (MQTT)", invented_mqtt), ("duplicate", duplicates), ("unknown", foreign)):
+                         ("invented (MQTT)", invented_mqtt), ("altered (MQTT)", wrong), ("duplicate", duplicates),
+                         ("unknown", foreign)):
         for item in items[:10]:
             row = first.get(item) if isinstance(item, tuple) else None
             more = f" clock_quality={row.get('clock_quality')} event_id={row.get('event_id')}" if row else ""
             print(f"  {label}: {item}{more}")
-    ok = not (lost_committed or lost_mqtt or invented_mqtt or duplicates or foreign) and bool(expected_mqtt)
+    ok = not (lost_committed or lost_mqtt or invented_mqtt or wrong or duplicates or foreign) and bool(expected_mqtt)
     return 0 if ok else 1
 
 
@@ -200,6 +232,7 @@ def main(argv: list[str]) -> int:
     s.add_argument("--snapshot", action="append", default=[])
     s.add_argument("--devices", required=True)
     s.add_argument("--opendtu", required=True)
+    s.add_argument("--values", action="store_true", help="also compare the values (needs the package's python)")
     sub.add_parser("exposure")
     a = p.parse_args(argv)
     if a.cmd == "snapshot":
@@ -215,7 +248,7 @@ def main(argv: list[str]) -> int:
     if a.cmd == "faults":
         return faults(a.url, a.json)
     if a.cmd == "reconcile":
-        return reconcile(a.url, a.witness, a.snapshot, a.devices.split(","), a.opendtu)
+        return reconcile(a.url, a.witness, a.snapshot, a.devices.split(","), a.opendtu, a.values)
     return exposure()
 
 

@@ -193,8 +193,8 @@ def test_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 
 def test_missing_schema_file_fails_check_config(write_site: Callable[[str], Path],
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace('# schema_path = "/usr/share/solar-agent/solar_panel_event.yaml"',
-                                                       'schema_path = "uploaded.yaml"')
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        '# schema_path = "/usr/share/solar-agent/solar_panel_event.yaml"', 'schema_path = "uploaded.yaml"')
     path = write_site(text)
     load_config(path)  # the loader does not open files...
     assert main(["check-config", str(path)]) == 2  # ...check-config does load the schema

@@ -12,9 +12,9 @@ What "nothing lost" means here, without a hook inside the agent (it runs under s
 * SunSpec: a poll has no outside witness, so the test snapshots the outbox's queue (event ids the
   agent has committed) right before each restart, kill, upgrade; every snapshotted id must land.
 * Nothing altered: with ``--values`` (run by the package's own interpreter), every landed OpenDTU
-  reading of a witnessed cycle must carry the values the simulator published for that cycle
-  (``agent.simulators.mqtt_publishers.messages``, the test peer, which shares nothing with the
-  agent's MQTT source).
+  reading of a witnessed cycle must carry the values published for that cycle (``opendtu.cycle``:
+  the simulator's frames, which share nothing with the agent's MQTT source, with an energy counter
+  that differs from cycle to cycle).
 
 Subcommands (all print one line or a short report; exit 1 when a reconciliation fails):
   snapshot DB OUT          event ids now queued in the outbox -> OUT (one per line)
@@ -127,14 +127,14 @@ def witnessed_cycles(path: str) -> set[tuple[str, int]]:
 
 def _wrong_values(rows: list[dict[str, Any]], cycles: set[tuple[str, int]], serial: str) -> list[str]:
     """Landed readings of witnessed cycles whose values are not the ones published for that cycle."""
-    from agent.simulators.mqtt_publishers import messages  # the peer; only under the package's python
+    from opendtu import cycle  # the publisher's own frames; needs the package's python
 
     wrong: list[str] = []
     landed_by_key = {(str(r.get("device_id")), str(r.get("date_time"))): r for r in rows}
     for s, t in sorted(cycles):
         if s != serial:
             continue
-        for exp in messages("opendtu", s, t)[1]:
+        for exp in cycle(s, t)[1]:
             row = landed_by_key.get((exp.device_id, _iso(t)))
             if row is None:
                 continue        # counted as lost elsewhere

@@ -42,6 +42,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
 from agent.errors import ConfigError, PayloadError
@@ -279,10 +280,18 @@ class MqttSource:
         self.connects += 1
         log.info("mqtt connected source=%s url=%s client_id=%s session_present=%s", self.name, self.cfg.url,
                  self.client_id, ev.session_present)
-        if not self._subscribed or not ev.session_present:
-            # A kept session keeps its subscriptions; re-subscribing would replay every retained value.
+        if self.protocol == 5:
+            # Always (the config's topics may have changed since the session was made), but a
+            # subscription the kept session already holds must not replay the retained values: a replay
+            # in the middle of a live round closed it early and filed every later round one round late
+            # (found by the system test). MQTT 5 says so per subscription (Retain Handling 1).
+            opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            client.subscribe([(t, opts) for t in self.topics])
+        elif not ev.session_present:
+            # MQTT 3.1.1 has no such option: a kept session keeps its subscriptions, so subscribe only
+            # into a new one (a topics change on a 3.1.1 broker needs the session to expire or a new client_id).
             client.subscribe([(t, 1) for t in self.topics])
-            self._subscribed = True
+        self._subscribed = True
         if self.cfg.profile == "victron":
             # After the SUBSCRIBE on the same connection, so the full republish reaches us.
             client.publish(victron.keepalive_topic(self.cfg.portal_id), victron.FIRST_KEEPALIVE, qos=0)

@@ -36,6 +36,7 @@ soak: $(STAMP) sysdeps
 	SOLAR_AGENT_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -m fuzz $(PYTEST_ARGS)
 
 demo: $(STAMP)
+	@scripts/system-deps mosquitto || echo "make demo: mosquitto could not be installed; the demo runs without its MQTT feeds"
 	$(BIN)/solar-agent demo
 
 bench: $(STAMP) sysdeps

@@ -159,6 +159,8 @@ def _sunspec(args: argparse.Namespace) -> int:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(_serve_sunspec(args, units, tcp, corpus))
+    except BrokenPipeError:
+        raise                # the reader of our output left (`| head`): main() ends quietly
     except OSError as exc:
         print(f"Error: cannot start the simulator: {exc}", file=sys.stderr)
         print("Try: another port (is something listening there already?), or check the serial port's path",
@@ -211,8 +213,11 @@ def _mqtt(args: argparse.Namespace) -> int:
     devices = tuple(args.device or [_DEFAULT_DEVICE.get(args.profile, "sim01")])
     try:
         return asyncio.run(_publish(args.profile, args.url, devices, args.interval))
+    except BrokenPipeError:
+        raise                # the reader of our output left (`| head`): main() ends quietly
     except (OSError, TimeoutError) as exc:
-        print(f"Error: cannot publish to {args.url}: {exc!r}", file=sys.stderr)
+        # Also when the broker goes away while we publish: say so and end, without a traceback.
+        print(f"Error: cannot publish to {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
         print("Try: is the broker running? (systemctl status mosquitto; mosquitto -p 1883)", file=sys.stderr)
         return EXIT_FAILED
 

@@ -42,15 +42,23 @@ class SunSpecCase:
     discovery: dict[str, Any]
 
 
+# Where the Debian package installs the corpus (packaging/build-deb).
+PACKAGED_CORPUS: Final = Path("/usr/share/solar-agent/cases")
+
+
 def corpus_dir() -> Path:
-    """The corpus folder, or FileNotFoundError saying where it was looked for and how to point elsewhere."""
+    """The corpus folder, or FileNotFoundError saying where it was looked for and how to point elsewhere.
+
+    ``$SOLAR_AGENT_CORPUS`` when set; else the checkout's ``tests/cases``; else the packaged copy.
+    """
     env = os.environ.get(CORPUS_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "tests" / "cases"
-    if not (path / "mqtt").is_dir() or not (path / "sunspec").is_dir():
-        raise FileNotFoundError(
-            f"the device corpus is not at {path}: the simulators replay tests/cases/ of a solar-agent "
-            f"checkout; run them from one, or set {CORPUS_ENV}=DIR")
-    return path
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[2] / "tests" / "cases", PACKAGED_CORPUS]
+    for path in candidates:
+        if (path / "mqtt").is_dir() and (path / "sunspec").is_dir():
+            return path
+    raise FileNotFoundError(
+        f"the device corpus is not at {' nor '.join(map(str, candidates))}: the simulators replay tests/cases/ "
+        f"of a solar-agent checkout (the package installs it in {PACKAGED_CORPUS}); set {CORPUS_ENV}=DIR")
 
 
 def _jsonl(path: Path) -> tuple[dict[str, Any], ...]:

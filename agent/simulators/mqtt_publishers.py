@@ -212,7 +212,12 @@ class MqttPublisher:
 
         def wait_all() -> None:
             for info in infos:
-                info.wait_for_publish(10)
+                try:
+                    info.wait_for_publish(10)
+                except (RuntimeError, ValueError) as exc:   # paho: not connected, queue full
+                    raise ConnectionError(f"the broker at {self.url} did not take the message ({exc})") from None
+                if not info.is_published():
+                    raise ConnectionError(f"the broker at {self.url} did not acknowledge within 10 s")
 
         await asyncio.to_thread(wait_all)
         self.messages_sent += msgs

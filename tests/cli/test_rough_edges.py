@@ -97,3 +97,32 @@ def test_no_sudo_advice_to_root(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["keygen", "--dir", "/proc/solar-agent-keys"]) == 1
     err = capsys.readouterr().err
     assert "Try:" in err and "sudo" not in err
+
+
+async def test_the_mqtt_simulator_ends_cleanly_when_the_broker_goes_away(tmp_path: Path) -> None:
+    from agent.simulators.broker import Broker, find_mosquitto, free_port
+
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto not installed")
+    broker = Broker(binary, tmp_path, free_port())
+    await asyncio.to_thread(broker.start)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "simulate", "mqtt", "--profile", "opendtu", "--url", broker.url,
+        "--interval", "0.2", cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            while b"Ctrl-C to stop" not in await proc.stdout.readline():
+                pass
+        await asyncio.to_thread(broker.stop)                 # the broker goes away under it
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+        assert proc.returncode == 1
+        text = err.decode()
+        assert "Error: cannot publish to" in text and "Try:" in text and "Traceback" not in text, text
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

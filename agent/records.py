@@ -116,11 +116,16 @@ class Schema:
 
 @dataclass(frozen=True, slots=True)
 class EncodedRecord:
-    """A record ready for the outbox: its key, its compact UTF-8 JSON, and the reading time."""
+    """A record ready for the outbox: its key, its compact UTF-8 JSON, and the reading time.
+
+    ``object`` names the schema object the record belongs to; None is the site's reading object
+    (``datacloud.object_name``), so readings never spell out a name a config can change.
+    """
 
     event_id: str
     payload: bytes
     time_ms: int
+    object: str | None = None
 
 
 def default_schema_path() -> Path:
@@ -128,8 +133,12 @@ def default_schema_path() -> Path:
     return Path(str(resources.files("agent") / "data" / "solar_panel_event.yaml"))
 
 
-def load_schema(path: str | Path | None = None, object_name: str = OBJECT_NAME) -> Schema:
-    """Load and check an OpenAPI schema file against the Data Cloud connector rules."""
+def load_schema(path: str | Path | None = None, object_name: str = OBJECT_NAME,
+                required: Sequence[str] = IDENTITY_FIELDS) -> Schema:
+    """Load and check an OpenAPI schema file against the Data Cloud connector rules.
+
+    ``required`` are the fields solar-agent fills in that object (the reading object's by default).
+    """
     p = Path(path) if path is not None else default_schema_path()
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -138,10 +147,11 @@ def load_schema(path: str | Path | None = None, object_name: str = OBJECT_NAME) 
                           hint="set datacloud.schema_path to the YAML you uploaded to the connector") from exc
     except yaml.YAMLError as exc:
         raise SchemaError(f"{p}: not valid YAML: {exc}") from exc
-    return parse_schema(doc, object_name, str(p))
+    return parse_schema(doc, object_name, str(p), required)
 
 
-def parse_schema(doc: Any, object_name: str = OBJECT_NAME, source: str = "<schema>") -> Schema:
+def parse_schema(doc: Any, object_name: str = OBJECT_NAME, source: str = "<schema>",
+                 required: Sequence[str] = IDENTITY_FIELDS) -> Schema:
     """Validate a parsed OpenAPI document and return the object's fields."""
     def fail(msg: str, hint: str | None = None) -> SchemaError:
         return SchemaError(f"{source}: {msg}", hint=hint)
@@ -191,9 +201,11 @@ def parse_schema(doc: Any, object_name: str = OBJECT_NAME, source: str = "<schem
                        "use string, number, boolean, or string with format date / date-time")
         fields.append(SchemaField(fname, str(key[0]), key[1]))
     schema = Schema(object_name, tuple(fields), source)
-    for required in IDENTITY_FIELDS:
-        if required not in schema.by_name:
-            raise fail(f"{object_name} lacks the field {required!r} that solar-agent fills")
+    for name in required:
+        if name not in schema.by_name:
+            raise fail(f"{object_name} lacks the field {name!r} that solar-agent fills",
+                       "use the schema file shipped with this version (leave datacloud.schema_path unset) and upload "
+                       "it to the Ingestion API connector")
     if schema.by_name[PRIMARY_KEY].type != "string" or schema.by_name[EVENT_TIME].format != "date-time":
         raise fail("event_id must be a string and date_time a string with format date-time")
     return schema

@@ -6,6 +6,7 @@ CSV uploader without loading them, and on start finish whatever job a previous r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -21,26 +22,32 @@ OVERLAP_FILE_BYTES = 16_000_000
 
 
 class _Journal:
-    """Adapts the outbox's job table to the uploader's JobJournal protocol."""
+    """Adapts the outbox's job table to the uploader's JobJournal protocol, for one object's jobs."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, obj: str | None) -> None:
         self._outbox = outbox
+        self._obj = obj
 
     async def save(self, job: BulkJobRecord) -> None:
-        await self._outbox.save_job(job)
+        await self._outbox.save_job(dataclasses.replace(job, object=self._obj))
 
 
 class BulkLane:
-    """Implements the drain's BulkSink over an Outbox and a BulkClient."""
+    """Implements the drain's BulkSink over an Outbox and a BulkClient, for one object's rows.
+
+    ``obj`` is the object (None: the readings): the client's endpoint and ``schema`` must be that
+    object's, and only that object's journaled jobs are resumed.
+    """
 
     def __init__(self, client: BulkClient, outbox: Outbox, schema: Schema, *, max_file_bytes: int,
                  budget: JobBudget | None = None, tmp_dir: Path | None = None,
-                 poll_initial_seconds: float = 0.5) -> None:
+                 poll_initial_seconds: float = 0.5, obj: str | None = None) -> None:
         self._outbox = outbox
+        self._obj = obj
         # Files well under the 150 MB limit let the server store one file while we encode the next
         # (measured: 100k rows 8.5 s -> 5 s); 100 of them still hold 1.6 GB per job.
         max_file_bytes = min(max_file_bytes, OVERLAP_FILE_BYTES)
-        self._uploader = BulkUploader(client, CsvEncoder(schema), _Journal(outbox), budget=budget,
+        self._uploader = BulkUploader(client, CsvEncoder(schema), _Journal(outbox, obj), budget=budget,
                                       max_file_bytes=max_file_bytes, tmp_dir=tmp_dir,
                                       poll_initial_seconds=poll_initial_seconds)
         # A CSV row is never longer than its JSON record (no keys, same values), so bounding the
@@ -61,7 +68,7 @@ class BulkLane:
     async def resume_jobs(self) -> list[tuple[Lease, str]]:
         """Finish the jobs a previous run left; returns each lease with its terminal state."""
         settled = []
-        for job in await self._outbox.jobs():
+        for job in await self._outbox.jobs(self._obj):
             if job.state in TERMINAL_JOB_STATES:
                 final = job.state
             else:

@@ -29,13 +29,19 @@ Contract (see design.md "Durability"):
 * Inputs that can never become readings (poison MQTT messages) are recorded in ``rejected_inputs``
   (``record_rejected``, durable when it returns, so the source may ack them after): one row per
   distinct input with a count, the newest ``REJECTED_INPUTS_CAP`` kept.
+* Every row belongs to one object: the site's readings (``object`` NULL) or another schema object
+  by name (the gateway's status records). ``lease``, ``lease_bulk`` and ``object_stats`` take one
+  object; :class:`ObjectQueue` is that view for the drain, so each object has its own lanes while
+  all share the file, its caps and its full policy.
 * One writer thread owns the connection; the event loop is never blocked. A disk I/O error or a
   full disk while committing raises ``OutboxFatalError``: the process must exit non-zero.
 """
 
+from agent.outbox.objects import ObjectQueue
 from agent.outbox.readonly import open_readonly, read_stats
 from agent.outbox.store import Outbox
 from agent.outbox.types import (
+    ANY_OBJECT,
     AppendResult,
     BulkJobRecord,
     DeadLetter,
@@ -48,6 +54,6 @@ from agent.outbox.types import (
 )
 
 __all__ = [
-    "AppendResult", "BulkJobRecord", "DeadLetter", "HeldReading", "Lease", "LeasedRow",
-    "Outbox", "OutboxStats", "RejectedRow", "ReleaseResult", "open_readonly", "read_stats",
+    "ANY_OBJECT", "AppendResult", "BulkJobRecord", "DeadLetter", "HeldReading", "Lease", "LeasedRow",
+    "ObjectQueue", "Outbox", "OutboxStats", "RejectedRow", "ReleaseResult", "open_readonly", "read_stats",
 ]

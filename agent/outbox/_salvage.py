@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 _RANGE = 1000
 
-# event_id, bytes, enqueued_ms, time_ms, attempts, payload
-SalvagedEvent = tuple[str, int, int, int, int, bytes]
-# event_id, payload, reason, rejected_ms, time_ms, attempts
-SalvagedDead = tuple[str, bytes, str, int, int, int]
+# event_id, bytes, enqueued_ms, time_ms, attempts, payload, object
+SalvagedEvent = tuple[str, int, int, int, int, bytes, str | None]
+# event_id, payload, reason, rejected_ms, time_ms, attempts, object
+SalvagedDead = tuple[str, bytes, str, int, int, int, str | None]
 # boot_id, boot_ms, held_ms, reading
 SalvagedHeld = tuple[str, int, int, bytes]
 
@@ -74,6 +74,14 @@ class Salvage:
         if self._conn is not None:
             self._conn.close()
 
+    def _has_object(self, table: str) -> bool:
+        """Whether ``table`` has the ``object`` column (migration 4); without it every row is a reading."""
+        assert self._conn is not None
+        try:
+            return any(r[1] == "object" for r in self._conn.execute(f"PRAGMA table_info({table})"))
+        except sqlite3.Error:
+            return False
+
     def _max_seq(self) -> int | None:
         assert self._conn is not None
         for sql in ("SELECT max(seq) FROM events", "SELECT seq FROM sqlite_sequence WHERE name = 'events'"):
@@ -93,7 +101,8 @@ class Salvage:
         if top is None:
             self.error = self.error or "events table unreadable"
             return
-        cols = "event_id, bytes, enqueued_ms, time_ms, attempts, payload"
+        cols = "event_id, bytes, enqueued_ms, time_ms, attempts, payload, " + (
+            "object" if self._has_object("events") else "NULL")
         for lo in range(1, top + 1, _RANGE):
             hi = lo + _RANGE - 1
             try:
@@ -114,15 +123,17 @@ class Salvage:
             good = [r for r in rows if isinstance(r[0], str) and _valid_payload(r[5])]
             self.skipped += len(rows) - len(good)
             if good:
-                yield [(r[0], len(r[5]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), r[5]) for r in good]
+                yield [(r[0], len(r[5]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), r[5],
+                        r[6] if isinstance(r[6], str) else None) for r in good]
 
     def dead_letters(self) -> list[SalvagedDead]:
         """The dead-letter table if it can be read whole; else nothing (counted in ``skipped``)."""
         if self._conn is None:
             return []
         try:
+            obj = "object" if self._has_object("dead_letters") else "NULL"
             rows = self._conn.execute(
-                "SELECT event_id, payload, reason, rejected_ms, time_ms, attempts FROM dead_letters"
+                f"SELECT event_id, payload, reason, rejected_ms, time_ms, attempts, {obj} FROM dead_letters"
             ).fetchall()
         except sqlite3.Error:
             self.skipped += 1

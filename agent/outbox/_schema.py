@@ -87,6 +87,18 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
         )""",
         "CREATE INDEX rejected_inputs_last ON rejected_inputs(last_ms)",
     )),
+    (4, "the object of each row: readings and the gateway's status records share the queue", (
+        # NULL is the site's reading object (datacloud.object_name), which every row written before
+        # this migration is; another object (solar_gateway_status) by its schema name. ADD COLUMN with
+        # a NULL default rewrites no row, so an outbox with a large backlog migrates at once.
+        "ALTER TABLE events ADD COLUMN object TEXT",
+        "ALTER TABLE dead_letters ADD COLUMN object TEXT",
+        # A bulk job is per object: each object's lane resumes only its own jobs after a restart.
+        "ALTER TABLE bulk_jobs ADD COLUMN object TEXT",
+        # The other objects' rows are few (one status record per interval): a partial index leases and
+        # counts them without a scan, and costs the readings' appends nothing (events_lease serves those).
+        "CREATE INDEX events_object ON events(object, lease_id, seq) WHERE object IS NOT NULL",
+    )),
 )
 
 LATEST: Final = MIGRATIONS[-1][0]

@@ -19,6 +19,10 @@ Contract (the package docstring has the whole of it):
   they have no trustworthy time, so no event id yet, and no lease ever sees them. ``release_held``
   moves them to the queue re-stamped, or to the dead letters when their boot is gone, one
   transaction per chunk, so a crash leaves every reading in exactly one of the two places.
+* Each row knows its object (``events.object``, migration 4): NULL for the site's readings, the
+  schema object's name for the gateway's own status records. ``lease``/``lease_bulk``/``object_stats``
+  take one object (``obj``, None = readings), so each object has its own lanes; ack, nack and reject
+  work by lease and keep the object; dead letters, requeue and salvage carry it along.
 * ``sqlite3`` errors are translated here: disk full, I/O and other storage errors become
   ``OutboxFatalError`` (and every later call raises it too); the process must exit non-zero.
 """
@@ -46,6 +50,7 @@ from agent.outbox import _held, _schema
 from agent.outbox._salvage import Salvage, move_aside
 from agent.outbox._writer import WriterThread
 from agent.outbox.types import (
+    ANY_OBJECT,
     TERMINAL_JOB_STATES,
     AppendResult,
     BulkJobRecord,
@@ -214,20 +219,23 @@ class Outbox:
         result: AppendResult = await writer.call_grouped(list(records))
         return result
 
-    async def lease(self, max_records: int, max_bytes: int, older_than_ms: int | None = None) -> Lease | None:
-        """Lease ready rows, oldest first, up to ``max_records`` and ``max_bytes`` of payload.
+    async def lease(self, max_records: int, max_bytes: int, older_than_ms: int | None = None, *,
+                    obj: str | None = None) -> Lease | None:
+        """Lease ready rows of one object, oldest first, up to ``max_records`` and ``max_bytes`` of payload.
 
         At least one row is leased when any is ready, even if it alone is bigger than ``max_bytes``.
-        ``older_than_ms`` keeps to rows enqueued before that wall time. None when nothing is ready.
+        ``older_than_ms`` keeps to rows enqueued before that wall time. ``obj`` is the object (None:
+        the readings). None when nothing is ready.
         """
-        lease: Lease | None = await self._call(self._t_lease, max_records, max_bytes, older_than_ms)
+        lease: Lease | None = await self._call(self._t_lease, max_records, max_bytes, older_than_ms, obj)
         return lease
 
     async def lease_bulk(
-        self, max_records: int, max_bytes: int | None = None, older_than_ms: int | None = None
+        self, max_records: int, max_bytes: int | None = None, older_than_ms: int | None = None, *,
+        obj: str | None = None,
     ) -> Lease | None:
         """Like ``lease`` but only marks the rows (``rows == ()``); read them with ``iter_lease``."""
-        lease: Lease | None = await self._call(self._t_lease_bulk, max_records, max_bytes, older_than_ms)
+        lease: Lease | None = await self._call(self._t_lease_bulk, max_records, max_bytes, older_than_ms, obj)
         return lease
 
     async def iter_lease(self, lease: Lease, chunk_rows: int = 5000) -> AsyncIterator[list[bytes]]:
@@ -259,9 +267,16 @@ class Outbox:
     async def stats(self) -> OutboxStats:
         return await self._call(self._t_stats)
 
-    async def peek(self, limit: int = 20) -> list[LeasedRow]:
-        """The oldest queued rows (leased or not), without leasing them."""
-        return await self._call(self._t_peek, limit)
+    async def object_stats(self, obj: str | None = None) -> OutboxStats:
+        """``stats`` of one object's queued rows (None: the readings): rows, bytes, leased, oldest.
+
+        The other fields (dead letters, drops, held, rejected inputs, file size) are the whole file's.
+        """
+        return await self._call(self._t_object_stats, obj)
+
+    async def peek(self, limit: int = 20, *, obj: str | None = ANY_OBJECT) -> list[LeasedRow]:
+        """The oldest queued rows (leased or not), without leasing them; of one object, or of all."""
+        return await self._call(self._t_peek, limit, obj)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return await self._call(self._t_dead_letters, limit)
@@ -360,8 +375,9 @@ class Outbox:
         """Insert or update the job (keyed by lease id); durable when it returns."""
         await self._call(self._t_save_job, job)
 
-    async def jobs(self) -> list[BulkJobRecord]:
-        return await self._call(self._t_jobs)
+    async def jobs(self, obj: str | None = ANY_OBJECT) -> list[BulkJobRecord]:
+        """The journaled bulk jobs, of one object (None: the readings) or of all."""
+        return await self._call(self._t_jobs, obj)
 
     async def delete_job(self, lease_id: int) -> None:
         await self._call(self._t_delete_job, lease_id)
@@ -531,8 +547,8 @@ class Outbox:
                 with self._tx() as c:
                     before = c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
                     c.executemany(
-                        "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, attempts, payload) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, attempts, payload, "
+                        "object) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         batch,
                     )
                     n, b = c.execute("SELECT count(*), total(bytes) FROM events WHERE seq > ?", (before,)).fetchone()
@@ -542,7 +558,8 @@ class Outbox:
             dead = old.dead_letters()
             if dead:
                 with self._tx() as c:
-                    c.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)", dead)
+                    c.executemany("INSERT OR IGNORE INTO dead_letters (event_id, payload, reason, rejected_ms, "
+                                  "time_ms, attempts, object) VALUES (?, ?, ?, ?, ?, ?, ?)", dead)
                     self._t.dead_letters = c.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
             held = old.held()
             if held:
@@ -654,8 +671,9 @@ class Outbox:
         before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         changes = conn.total_changes
         conn.executemany(
-            "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload) VALUES (?, ?, ?, ?, ?)",
-            [(r.event_id, len(r.payload), now, r.time_ms, r.payload) for r in records],
+            "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload, object) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.event_id, len(r.payload), now, r.time_ms, r.payload, r.object) for r in records],
         )
         n = conn.total_changes - changes
         if n == len(records):
@@ -708,15 +726,19 @@ class Outbox:
 
     # ---- writer-thread side: leases -------------------------------------------------------------
 
-    def _ready(self, older_than_ms: int | None) -> tuple[str, tuple[int, ...]]:
+    def _ready(self, older_than_ms: int | None, obj: str | None = None) -> tuple[str, tuple[int | str, ...]]:
+        # Readings (object IS NULL) go by events_lease; another object by its partial index events_object.
+        where, params = ("object IS NULL AND ", ()) if obj is None else ("object = ? AND ", (obj,))
+        where += "lease_id IS NULL AND retry_at_ms <= ?"
         if older_than_ms is None:
-            return "lease_id IS NULL AND retry_at_ms <= ?", (self._now_ms(),)
-        return "lease_id IS NULL AND retry_at_ms <= ? AND enqueued_ms < ?", (self._now_ms(), older_than_ms)
+            return where, (*params, self._now_ms())
+        return where + " AND enqueued_ms < ?", (*params, self._now_ms(), older_than_ms)
 
-    def _t_lease(self, max_records: int, max_bytes: int, older_than_ms: int | None) -> Lease | None:
+    def _t_lease(self, max_records: int, max_bytes: int, older_than_ms: int | None,
+                 obj: str | None = None) -> Lease | None:
         if max_records < 1:
             raise OutboxError(f"lease: max_records must be >= 1 (got {max_records})")
-        where, params = self._ready(older_than_ms)
+        where, params = self._ready(older_than_ms, obj)
         with self._tx(durable=False) as conn:
             cur = conn.execute(
                 f"SELECT seq, event_id, payload, enqueued_ms, attempts, retry_at_ms FROM events "
@@ -739,13 +761,14 @@ class Outbox:
             conn.execute(f"UPDATE events SET lease_id = ? WHERE {where} AND seq <= ?",
                          (lease_id, *params, picked[-1][0]))
             self._t.leased += len(picked)
-        rows = tuple(LeasedRow(s, e, p, q, a, lease_id, r) for s, e, p, q, a, r in picked)
+        rows = tuple(LeasedRow(s, e, p, q, a, lease_id, r, obj) for s, e, p, q, a, r in picked)
         return Lease(lease_id, rows, len(rows), total)
 
-    def _t_lease_bulk(self, max_records: int, max_bytes: int | None, older_than_ms: int | None) -> Lease | None:
+    def _t_lease_bulk(self, max_records: int, max_bytes: int | None, older_than_ms: int | None,
+                      obj: str | None = None) -> Lease | None:
         if max_records < 1:
             raise OutboxError(f"lease_bulk: max_records must be >= 1 (got {max_records})")
-        where, params = self._ready(older_than_ms)
+        where, params = self._ready(older_than_ms, obj)
         window = f"SELECT seq, bytes FROM events WHERE {where} ORDER BY seq LIMIT ?"
         with self._tx(durable=False) as conn:
             if max_bytes is None:
@@ -815,15 +838,16 @@ class Outbox:
         with self._tx() as conn:
             for eid, reason in reasons.items():
                 row = conn.execute(
-                    "SELECT bytes, payload, time_ms, attempts FROM events WHERE event_id = ? AND lease_id = ?",
+                    "SELECT bytes, payload, time_ms, attempts, object FROM events WHERE event_id = ? AND lease_id = ?",
                     (eid, lease_id),
                 ).fetchone()
                 if row is None:
                     continue
-                size, payload, time_ms, attempts = row
+                size, payload, time_ms, attempts, obj = row
                 known = conn.execute("SELECT 1 FROM dead_letters WHERE event_id = ?", (eid,)).fetchone()
-                conn.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-                             (eid, payload, reason, now, time_ms, attempts + 1))
+                conn.execute("INSERT OR REPLACE INTO dead_letters (event_id, payload, reason, rejected_ms, time_ms, "
+                             "attempts, object) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (eid, payload, reason, now, time_ms, attempts + 1, obj))
                 conn.execute("DELETE FROM events WHERE event_id = ?", (eid,))
                 self._t.rows -= 1
                 self._t.bytes -= size
@@ -842,8 +866,8 @@ class Outbox:
             before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
             for cond, args in conds:
                 conn.execute(
-                    "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload) "
-                    f"SELECT event_id, length(payload), ?, time_ms, payload FROM dead_letters WHERE {cond} "
+                    "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload, object) "
+                    f"SELECT event_id, length(payload), ?, time_ms, payload, object FROM dead_letters WHERE {cond} "
                     "ORDER BY rejected_ms, event_id",
                     (now, *args),
                 )
@@ -942,9 +966,9 @@ class Outbox:
                     continue
                 if bid == boot_id:
                     conn.execute(
-                        "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (rec.event_id, len(rec.payload), now, rec.time_ms, rec.payload),
+                        "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload, object) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (rec.event_id, len(rec.payload), now, rec.time_ms, rec.payload, rec.object),
                     )
                     if conn.execute("SELECT changes()").fetchone()[0]:
                         restamped += 1
@@ -953,8 +977,9 @@ class Outbox:
                         duplicates += 1
                 else:
                     reason = f"clock never synchronised during boot {bid}; reading time unknown"
-                    conn.execute("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, 0)",
-                                 (rec.event_id, rec.payload, reason, now, rec.time_ms))
+                    conn.execute("INSERT OR IGNORE INTO dead_letters (event_id, payload, reason, rejected_ms, "
+                                 "time_ms, attempts, object) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                                 (rec.event_id, rec.payload, reason, now, rec.time_ms, rec.object))
                     self._t.dead_letters += conn.execute("SELECT changes()").fetchone()[0]
                     lost += 1
                     lost_boots.add(bid)
@@ -977,18 +1002,40 @@ class Outbox:
         return OutboxStats(t.rows, t.bytes, t.leased, row[0] if row else None, t.dead_letters,
                            t.dropped_total, _file_bytes(self._path), t.held, t.rejected)
 
-    def _t_peek(self, limit: int) -> list[LeasedRow]:
+    def _t_object_stats(self, obj: str | None) -> OutboxStats:
         assert self._conn is not None
+        conn = self._conn
+        t = self._t
+        # The other objects' rows are few and indexed (events_object); the readings' totals are the
+        # running totals minus them, so neither count walks the readings' backlog.
+        cond, args = ("object = ?", (obj,)) if obj is not None else ("object IS NOT NULL", ())
+        n, size, leased = conn.execute(
+            f"SELECT count(*), total(bytes), count(lease_id) FROM events WHERE {cond}", args).fetchone()
+        if obj is None:
+            n, size, leased = t.rows - n, t.bytes - int(size), t.leased - leased
+            # "+seq": walk the table in seq order (the oldest reading is at or near its start).
+            row = conn.execute("SELECT enqueued_ms FROM events WHERE object IS NULL ORDER BY +seq LIMIT 1").fetchone()
+        else:
+            row = conn.execute("SELECT enqueued_ms FROM events WHERE seq = "
+                               "(SELECT min(seq) FROM events WHERE object = ?)", (obj,)).fetchone()
+        return OutboxStats(int(n), int(size), int(leased), row[0] if row else None, t.dead_letters,
+                           t.dropped_total, _file_bytes(self._path), t.held, t.rejected)
+
+    def _t_peek(self, limit: int, obj: str | None) -> list[LeasedRow]:
+        assert self._conn is not None
+        cond, args = ("1", ()) if obj == ANY_OBJECT else (
+            ("object IS NULL", ()) if obj is None else ("object = ?", (obj,)))
         rows = self._conn.execute(
-            "SELECT seq, event_id, payload, enqueued_ms, attempts, lease_id, retry_at_ms FROM events "
-            "ORDER BY seq LIMIT ?", (limit,),
+            "SELECT seq, event_id, payload, enqueued_ms, attempts, lease_id, retry_at_ms, object FROM events "
+            f"WHERE {cond} ORDER BY seq LIMIT ?", (*args, limit),
         ).fetchall()
         return [LeasedRow(*r) for r in rows]
 
     def _t_dead_letters(self, limit: int) -> list[DeadLetter]:
         assert self._conn is not None
         rows = self._conn.execute(
-            "SELECT event_id, payload, reason, rejected_ms FROM dead_letters ORDER BY rejected_ms, event_id LIMIT ?",
+            "SELECT event_id, payload, reason, rejected_ms, object FROM dead_letters "
+            "ORDER BY rejected_ms, event_id LIMIT ?",
             (limit,),
         ).fetchall()
         return [DeadLetter(*r) for r in rows]
@@ -1023,16 +1070,20 @@ class Outbox:
     def _t_save_job(self, job: BulkJobRecord) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO bulk_jobs (lease_id, job_id, state, files_uploaded, updated_ms) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO bulk_jobs (lease_id, job_id, state, files_uploaded, updated_ms, object) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (lease_id) DO UPDATE SET job_id = excluded.job_id, state = excluded.state, "
                 "files_uploaded = excluded.files_uploaded, updated_ms = excluded.updated_ms",
-                (job.lease_id, job.job_id, job.state, job.files_uploaded, job.updated_ms),
+                (job.lease_id, job.job_id, job.state, job.files_uploaded, job.updated_ms, job.object),
             )
 
-    def _t_jobs(self) -> list[BulkJobRecord]:
+    def _t_jobs(self, obj: str | None) -> list[BulkJobRecord]:
         assert self._conn is not None
+        cond, args = ("1", ()) if obj == ANY_OBJECT else (
+            ("object IS NULL", ()) if obj is None else ("object = ?", (obj,)))
         rows = self._conn.execute(
-            "SELECT lease_id, job_id, state, files_uploaded, updated_ms FROM bulk_jobs ORDER BY lease_id"
+            f"SELECT lease_id, job_id, state, files_uploaded, updated_ms, object FROM bulk_jobs WHERE {cond} "
+            "ORDER BY lease_id", args,
         ).fetchall()
         return [BulkJobRecord(*r) for r in rows]
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from agent.records import Reading
 
 # Bulk job states after which the remote side will never touch the job's rows again.
 TERMINAL_JOB_STATES = frozenset({"JobComplete", "Failed", "Aborted"})
+# ``peek(obj=ANY_OBJECT)``: rows of every object. Object names never hold '*' (a-z A-Z 0-9 _ -).
+ANY_OBJECT: Final = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,7 @@ class LeasedRow:
     attempts: int = 0
     lease_id: int | None = None   # filled by peek(); a lease's own rows carry their lease id
     retry_at_ms: int = 0
+    object: str | None = None     # None: the reading object (see EncodedRecord.object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class BulkJobRecord:
     state: str
     files_uploaded: int = 0
     updated_ms: int = 0
+    object: str | None = None      # the object of the job's rows (None: the reading object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,7 @@ class DeadLetter:
     payload: bytes
     reason: str
     rejected_ms: int
+    object: str | None = None     # None: the reading object
 
 
 @dataclass(frozen=True, slots=True)

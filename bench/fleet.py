@@ -425,7 +425,8 @@ def simulate(spec: FleetSpec) -> dict[str, Any]:
             produced.update(Path(s["ids_file"]).read_text().split())
             queued.update(Path(s["queued_file"]).read_text().split())
         with contextlib.closing(sqlite3.connect(db)) as landed_db:
-            landed = {r[0] for r in landed_db.execute("SELECT pk FROM landed")}
+            landed = {r[0] for r in landed_db.execute(
+                "SELECT pk FROM landed_objects WHERE object = 'solar_panel_event'")}
     total = {k: sum(s[k] for s in summaries) for k in summaries[0] if isinstance(summaries[0][k], int)}
     return {
         "spec": {**asdict(replace(spec, drain=spec.drain)), "drain": asdict(spec.drain)},

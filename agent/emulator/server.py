@@ -146,7 +146,7 @@ class Emulator:
         self._uploading: set[str] = set()
         self._staged: dict[str, StagedJob] = {}  # job id -> its converted rows, upload order
         self._workdir = Path(tempfile.mkdtemp(prefix="solar-emulator-"))
-        self.store = LandedStore(settings.db_path or self._workdir / "landed.sqlite")
+        self.store = LandedStore(settings.db_path or self._workdir / "landed.sqlite", settings.object_name)
         # One store thread keeps writes in arrival order (a later upsert of a key wins).
         self._store_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emulator-store")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -210,13 +210,14 @@ class Emulator:
             faults = replace(faults, expire_tokens=False)
         self._faults = faults
 
-    async def wait_landed(self, n: int, timeout: float) -> None:
-        """Wait until at least ``n`` distinct keys have landed; TimeoutError after ``timeout`` s."""
+    async def wait_landed(self, n: int, timeout: float, obj: str | None = None) -> None:
+        """Wait until at least ``n`` distinct keys have landed in ``obj`` (default: the main object);
+        TimeoutError after ``timeout`` s."""
         try:
             async with asyncio.timeout(timeout), self._landed:
-                await self._landed.wait_for(lambda: self.store.count() >= n)
+                await self._landed.wait_for(lambda: self.store.count(obj) >= n)
         except TimeoutError:
-            raise TimeoutError(f"{self.store.count()} of {n} records landed within {timeout}s") from None
+            raise TimeoutError(f"{self.store.count(obj)} of {n} records landed within {timeout}s") from None
 
     async def wait_dropped(self, n: int, timeout: float) -> None:
         """Wait until at least ``n`` records were dropped at processing; TimeoutError after ``timeout`` s."""
@@ -369,6 +370,7 @@ class Emulator:
         r.add_get("/__emulator/faults", self._admin_get_faults, name="admin_get_faults")
         r.add_get("/__emulator/stats", self._admin_stats, name="admin_stats")
         r.add_get("/__emulator/records", self._admin_records, name="admin_records")
+        r.add_get("/__emulator/objects", self._admin_objects, name="admin_objects")
         r.add_get("/__emulator/dropped", self._admin_dropped, name="admin_dropped")
 
     # --- tokens --------------------------------------------------------------------------------
@@ -457,7 +459,7 @@ class Emulator:
                                details={"validationReport": [{"record": json.dumps(r), "causingExceptions": [
                                    "#: expected type: JSONObject"]} for r in data if not isinstance(r, dict)]})
             pairs = self._pairs(obj, data)
-            await self._land(lambda: self.store.upsert(pairs), "stream")
+            await self._land(lambda: self.store.upsert(pairs, obj.name), "stream")
         return web.json_response({"accepted": True}, status=202)
 
     @staticmethod
@@ -476,7 +478,7 @@ class Emulator:
                 self.dropped.add(obj.name, endpoint, record, problems)
             else:
                 valid.append(record)
-        self.store.upsert(self._pairs(obj, valid))
+        self.store.upsert(self._pairs(obj, valid), obj.name)
 
     async def _stream_test(self, request: web.Request) -> web.Response:
         obj = self._object(request)
@@ -485,7 +487,7 @@ class Emulator:
         return web.json_response({"accepted": True}, status=200)
 
     async def _stream_delete(self, request: web.Request) -> web.Response:
-        self._object(request)
+        obj = self._object(request)
         ids = [i for i in request.query.get("ids", "").split(",") if i]
         if request.can_read_body:
             raw = await self._read_limited(request, self.settings.max_body_bytes)
@@ -503,7 +505,7 @@ class Emulator:
         if len(ids) > self.settings.max_delete_ids:
             raise ApiError(400, f"{len(ids)} ids; at most {self.settings.max_delete_ids} per request, "
                                 "use a bulk delete job")
-        await self._land(lambda: self.store.delete(ids), "delete")
+        await self._land(lambda: self.store.delete(ids, obj.name), "delete")
         return web.json_response({"accepted": True}, status=202)
 
     # --- bulk ----------------------------------------------------------------------------------
@@ -560,7 +562,8 @@ class Emulator:
             return
         staged = self._staged.pop(job.id, None)
         if staged is not None:
-            await self._in_store(partial(self.store.land_staged, staged))
+            # A job names the object endpoint; the rows land in that endpoint's object.
+            await self._in_store(partial(self.store.land_staged, staged, self._endpoints[job.object]))
             await asyncio.to_thread(staged.drop)
         job.processing_ms = int((time.monotonic() - started) * 1000)
         job.set_state("JobComplete")
@@ -674,14 +677,29 @@ class Emulator:
         return web.json_response(self.dropped.as_json(limit))
 
     async def _admin_records(self, request: web.Request) -> web.Response:
+        """``?object=NAME`` (default: the main object), ``?limit=N``, ``?count_only=1``."""
+        name = request.query.get("object", self.settings.object_name)
+        if name not in self._objects:
+            return web.json_response({"error": f"no object {name!r} in the schema file",
+                                      "objects": sorted(self._objects)}, status=404)
         if request.query.get("count_only") in ("1", "true"):
-            return web.json_response({"count": self.store.count()})
+            return web.json_response({"object": name, "count": self.store.count(name)})
         try:
             limit = int(request.query.get("limit", "1000"))
         except ValueError:
             return web.json_response({"error": "limit must be an integer"}, status=400)
-        rows = await self._in_store(lambda: self.store.rows(limit))
-        return web.json_response({"count": self.store.count(), "records": rows})
+        rows = await self._in_store(lambda: self.store.rows(limit, name))
+        return web.json_response({"object": name, "count": self.store.count(name), "records": rows})
+
+    async def _admin_objects(self, request: web.Request) -> web.Response:
+        """Every object of the schema file with the endpoint(s) that reach it and its landed count."""
+        counts = self.store.counts()
+        endpoints: dict[str, list[str]] = {}
+        for endpoint, name in self._endpoints.items():
+            endpoints.setdefault(name, []).append(endpoint)
+        return web.json_response({"objects": [
+            {"object": name, "endpoints": sorted(endpoints.get(name, [])), "count": counts.get(name, 0)}
+            for name in sorted(self._objects)]})
 
 
 def _endpoint_map(objects: dict[str, ObjectSchema], mapped: tuple[tuple[str, str], ...]) -> dict[str, str]:

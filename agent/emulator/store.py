@@ -1,4 +1,9 @@
-"""The emulator's table of landed records: one SQLite file, upsert by primary key.
+"""The emulator's tables of landed records: one SQLite file, upsert by (object, primary key).
+
+Data Cloud keeps one data lake table per object of a connector's schema file (one data stream per
+object, [DS]); so does the emulator, as the ``object`` column of one table. Every read takes an
+object and defaults to the store's main object (the readings), so a count of readings never
+counts the gateway status records next to them.
 
 ``writes`` counts how often a key was written, so a test can prove at-least-once on the
 wire and exactly-once in the table. Bulk files are validated and converted while they upload
@@ -19,24 +24,33 @@ from pathlib import Path
 from typing import Any
 
 _DDL = """
-CREATE TABLE IF NOT EXISTS landed (pk TEXT PRIMARY KEY, record JSON NOT NULL, writes INT NOT NULL);
+CREATE TABLE IF NOT EXISTS landed_objects (
+    object TEXT NOT NULL, pk TEXT NOT NULL, record JSON NOT NULL, writes INT NOT NULL, PRIMARY KEY (object, pk)
+);
 """
 # "WHERE true" keeps SQLite from reading ON CONFLICT as a join constraint of the SELECT.
 _LAND_UPSERT = (
-    "INSERT INTO landed (pk, record, writes) SELECT pk, record, 1 FROM staging.staged WHERE true ORDER BY seq "
-    "ON CONFLICT (pk) DO UPDATE SET record = excluded.record, writes = landed.writes + 1"
+    "INSERT INTO landed_objects (object, pk, record, writes) SELECT ?, pk, record, 1 FROM staging.staged "
+    "WHERE true ORDER BY seq "
+    "ON CONFLICT (object, pk) DO UPDATE SET record = excluded.record, writes = landed_objects.writes + 1"
 )
 _UPSERT = (
-    "INSERT INTO landed (pk, record, writes) VALUES (?, ?, 1) "
-    "ON CONFLICT (pk) DO UPDATE SET record = excluded.record, writes = landed.writes + 1"
+    "INSERT INTO landed_objects (object, pk, record, writes) VALUES (?, ?, ?, 1) "
+    "ON CONFLICT (object, pk) DO UPDATE SET record = excluded.record, writes = landed_objects.writes + 1"
 )
 
 
 class LandedStore:
-    """Landed records. ``count``/``keys``/``rows``/``write_counts`` are for tests and the admin API."""
+    """Landed records per object. ``count``/``keys``/``rows``/``write_counts`` are for tests and the admin API.
 
-    def __init__(self, path: Path) -> None:
+    Args:
+        path: the SQLite file (kept between runs when the caller names one).
+        main_object: the object a read means when it names none.
+    """
+
+    def __init__(self, path: Path, main_object: str = "solar_panel_event") -> None:
         self.path = path
+        self.main_object = main_object
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # 16 KiB pages (new files only): a 640-byte record per row lands in about half the time
@@ -46,56 +60,79 @@ class LandedStore:
         self._db.execute("PRAGMA synchronous=OFF")  # a test peer: speed over power-loss safety
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.executescript(_DDL)
-        self._count: int = self._db.execute("SELECT COUNT(*) FROM landed").fetchone()[0]
+        self._adopt_single_object_table()
+        self._counts: dict[str, int] = {}
+        self._recount()
+
+    def _adopt_single_object_table(self) -> None:
+        """A file from an emulator that kept one object only (table ``landed``): its rows are the main object's."""
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'landed'").fetchone():
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR IGNORE INTO landed_objects (object, pk, record, writes) "
+                             "SELECT ?, pk, record, writes FROM landed", (self.main_object,))
+            self._db.execute("DROP TABLE landed")
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     # --- reads ---------------------------------------------------------------------------
-    def count(self) -> int:
-        """Distinct keys landed (cached; updated by every write)."""
-        return self._count
+    def _obj(self, obj: str | None) -> str:
+        return self.main_object if obj is None else obj
 
-    def keys(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT pk FROM landed")}
+    def count(self, obj: str | None = None) -> int:
+        """Distinct keys landed in one object (cached; updated by every write)."""
+        return self._counts.get(self._obj(obj), 0)
 
-    def write_counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._db.execute("SELECT pk, writes FROM landed"))
+    def counts(self) -> dict[str, int]:
+        """Distinct keys landed, per object that has any."""
+        return dict(self._counts)
 
-    def rows(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def keys(self, obj: str | None = None) -> set[str]:
         with self._lock:
-            cur = self._db.execute("SELECT record FROM landed ORDER BY pk LIMIT ?", (limit or -1,))
+            return {r[0] for r in self._db.execute("SELECT pk FROM landed_objects WHERE object = ?",
+                                                   (self._obj(obj),))}
+
+    def write_counts(self, obj: str | None = None) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT pk, writes FROM landed_objects WHERE object = ?", (self._obj(obj),)))
+
+    def rows(self, limit: int | None = None, obj: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute("SELECT record FROM landed_objects WHERE object = ? ORDER BY pk LIMIT ?",
+                                   (self._obj(obj), limit or -1))
             return [json.loads(r[0]) for r in cur]
 
-    def get(self, pk: str) -> dict[str, Any] | None:
+    def get(self, pk: str, obj: str | None = None) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT record FROM landed WHERE pk = ?", (pk,)).fetchone()
+            row = self._db.execute("SELECT record FROM landed_objects WHERE object = ? AND pk = ?",
+                                   (self._obj(obj), pk)).fetchone()
         return json.loads(row[0]) if row else None
 
     # --- writes ---------------------------------------------------------------------------
-    def upsert(self, records: Iterable[tuple[str, str]]) -> None:
-        """Upsert (pk, record JSON) pairs in one transaction."""
+    def upsert(self, records: Iterable[tuple[str, str]], obj: str | None = None) -> None:
+        """Upsert (pk, record JSON) pairs of one object in one transaction."""
+        name = self._obj(obj)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(_UPSERT, records)
+                self._db.executemany(_UPSERT, ((name, pk, rec) for pk, rec in records))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
             self._recount()
 
-    def delete(self, pks: Iterable[str]) -> None:
+    def delete(self, pks: Iterable[str], obj: str | None = None) -> None:
+        name = self._obj(obj)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM landed WHERE pk = ?", ((pk,) for pk in pks))
+            self._db.executemany("DELETE FROM landed_objects WHERE object = ? AND pk = ?", ((name, pk) for pk in pks))
             self._db.execute("COMMIT")
             self._recount()
 
-    def land_staged(self, staged: StagedJob) -> None:
+    def land_staged(self, staged: StagedJob, obj: str | None = None) -> None:
         """Land a completed bulk job from its staging file, all in one transaction.
 
         One INSERT ... SELECT in upload order: SQLite does the whole upsert (a later row of a key
@@ -108,9 +145,10 @@ class LandedStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     if staged.operation == "upsert":
-                        self._db.execute(_LAND_UPSERT)
+                        self._db.execute(_LAND_UPSERT, (self._obj(obj),))
                     else:
-                        self._db.execute("DELETE FROM landed WHERE pk IN (SELECT pk FROM staging.staged)")
+                        self._db.execute("DELETE FROM landed_objects WHERE object = ? AND pk IN "
+                                         "(SELECT pk FROM staging.staged)", (self._obj(obj),))
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
@@ -120,7 +158,7 @@ class LandedStore:
             self._recount()
 
     def _recount(self) -> None:
-        self._count = self._db.execute("SELECT COUNT(*) FROM landed").fetchone()[0]
+        self._counts = dict(self._db.execute("SELECT object, COUNT(*) FROM landed_objects GROUP BY object"))
 
 
 class StagedJob:

@@ -144,7 +144,7 @@ async def test_processing_delay(slow_emu: Emulator, http: aiohttp.ClientSession,
 async def test_admin_api(emu: Emulator, http: aiohttp.ClientSession, auth: dict[str, str]) -> None:
     await http.post(emu.url + STREAM, json={"data": [record("e1")]}, headers=auth)
     resp = await http.get(emu.url + "/__emulator/records", params={"count_only": "1"})
-    assert await resp.json() == {"count": 1}
+    assert await resp.json() == {"object": "solar_panel_event", "count": 1}
     body = await (await http.get(emu.url + "/__emulator/records")).json()
     assert body["records"][0]["event_id"] == "e1"
     stats = await (await http.get(emu.url + "/__emulator/stats")).json()

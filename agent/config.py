@@ -37,6 +37,7 @@ from typing import Any, Final, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from agent.errors import AgentError, ConfigError
+from agent.fleet import STATUS_OBJECT
 from agent.records import IDENTITY_FIELDS, STREAMING_OVERHEAD, Schema
 
 DEFAULT_CONFIG_PATH = Path("/etc/solar-agent/site.toml")
@@ -120,6 +121,7 @@ class DataCloudConfig:
     # Experience Cloud site URLs here, never a My Domain (see _check_audience).
     audience: str = "https://login.salesforce.com"
     object_endpoint: str = ""           # the connector's object endpoint (URL path, bulk job object); "" = object_name
+    status_object_endpoint: str = ""    # the same for the gateway status object; "" = solar_gateway_status
     schema_path: Path | None = None     # None: the schema shipped with the agent
     dataspace: str = ""
     ca_file: Path | None = None         # extra CA (emulator, private PKI); verification is never off
@@ -129,6 +131,11 @@ class DataCloudConfig:
     def endpoint_name(self) -> str:
         """The object's name on the wire: the connector's object endpoint, else the schema's object name."""
         return self.object_endpoint or self.object_name
+
+    @property
+    def status_endpoint_name(self) -> str:
+        """The gateway status object's name on the wire (see agent/fleet.py)."""
+        return self.status_object_endpoint or STATUS_OBJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +166,12 @@ class ClockConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    # How often this gateway reports its own health to Data Cloud (solar_gateway_status); 0: never.
+    interval_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     source_file: str
     site: SiteConfig
@@ -169,6 +182,7 @@ class AgentConfig:
     drain: DrainConfig = field(default_factory=DrainConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +343,7 @@ def redacted(cfg: AgentConfig) -> dict[str, Any]:
         _drop_defaults(feed, MqttConfig, () if feed["profile"] == "generic" else _GENERIC_ONLY)
         _drop_defaults(feed, MqttConfig, () if feed["profile"] == "victron" else ("portal_id",))
         _drop_defaults(feed, MqttConfig, () if feed["profile"] == "shelly" else ("energy_direction",))
-    order = ("site", "outbox", "modbus", "mqtt", "datacloud", "drain", "status", "clock")
+    order = ("site", "outbox", "modbus", "mqtt", "datacloud", "drain", "status", "clock", "fleet")
     return {k: plain[k] for k in sorted(plain, key=lambda k: order.index(k) if k in order else len(order))}
 
 
@@ -423,6 +437,11 @@ _RULES: dict[tuple[type, str], _Rule] = {
         lambda v: v == "" or bool(_ENDPOINT_RE.match(v)),
         "copy the object's name from the endpoints downloaded from the Ingestion API connector "
         "(Data Cloud Setup > Ingestion API > the connector); leave it out when it equals object_name"),
+    (DataCloudConfig, "status_object_endpoint"): _Rule(
+        "empty or an object endpoint name (1-80 letters, digits, '_' or '-')",
+        lambda v: v == "" or bool(_ENDPOINT_RE.match(v)),
+        "copy the solar_gateway_status object's name from the endpoints downloaded from the Ingestion API "
+        "connector; leave it out when it is solar_gateway_status"),
     (DataCloudConfig, "audience"): _NON_EMPTY,
     (DataCloudConfig, "timeout_seconds"): _POSITIVE_SECONDS,
     (DrainConfig, "flush_interval_seconds"): _POSITIVE_SECONDS,
@@ -438,6 +457,11 @@ _RULES: dict[tuple[type, str], _Rule] = {
         0, f"a number > 0 and at most {MAX_REQUESTS_PER_SECOND:g}", MAX_REQUESTS_PER_SECOND),
     (DrainConfig, "retry_max_seconds"): _POSITIVE_SECONDS,
     (DrainConfig, "reconnect_jitter_seconds"): _num_above(0, "a number of seconds >= 0", inclusive=True),
+    (FleetConfig, "interval_seconds"): _Rule(
+        "0 (off) or a number of seconds from 1 to 86400",
+        lambda v: v == 0 or 1 <= v <= 86400,
+        "300 (5 minutes) suits a fleet: every report is one streaming request of the org's 250 per second; "
+        "0 turns the gateway's status records off"),
 }
 
 # Hints for required keys that are missing.

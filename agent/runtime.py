@@ -36,14 +36,24 @@ from agent import __version__
 from agent.bulk_lane import BulkLane
 from agent.clock import ClockGuard
 from agent.config import AgentConfig, load_config
-from agent.datacloud import BulkClient, Pacer, StreamingClient, TokenProvider, make_ssl_context
-from agent.drain import Drain
-from agent.errors import AgentError, OutboxFatalError, OutboxFullError
+from agent.datacloud import BulkClient, JobBudget, Pacer, StreamingClient, TokenProvider, make_ssl_context
+from agent.drain import Drain, LaneState
+from agent.errors import AgentError, OutboxFatalError, OutboxFullError, SchemaError
+from agent.fleet import STATUS_FIELDS, STATUS_OBJECT, ReportState, StatusBuilder, StatusReporter
 from agent.holdback import HoldBack
 from agent.metrics import AgentMetrics
 from agent.notify import Notifier, Watchdog, watchdog_interval
-from agent.outbox import Outbox, OutboxStats, ReleaseResult
-from agent.records import IDENTITY_FIELDS, EncodedRecord, Reading, RecordBuilder, Value, format_time, load_schema
+from agent.outbox import ObjectQueue, Outbox, OutboxStats, ReleaseResult
+from agent.records import (
+    IDENTITY_FIELDS,
+    EncodedRecord,
+    Reading,
+    RecordBuilder,
+    Schema,
+    Value,
+    format_time,
+    load_schema,
+)
 from agent.sources import RejectedInput, Source, SupportsFeedHealth
 from agent.status import (
     DeviceCheck,
@@ -101,9 +111,39 @@ def full_record_of(builder: RecordBuilder, time_ms: int) -> EncodedRecord:
     return builder.encode(Reading("solar-agent-schema-check", time_ms, "validate", metrics))
 
 
-async def _samples(outbox: Outbox, builder: RecordBuilder, now_ms: Callable[[], int]) -> list[bytes]:
+async def _samples(queue: ObjectQueue, builder: RecordBuilder, now_ms: Callable[[], int]) -> list[bytes]:
     """Records to check the connector's schema with: the oldest queued (real), then a full one."""
-    return [r.payload for r in await outbox.peek(1)] + [full_record_of(builder, now_ms()).payload]
+    return [r.payload for r in await queue.peek(1)] + [full_record_of(builder, now_ms()).payload]
+
+
+async def _status_samples(queue: ObjectQueue, builder: StatusBuilder, now_ms: Callable[[], int],
+                          reporting: bool) -> list[bytes]:
+    """The same for the gateway status object; none while reporting is off and nothing is queued."""
+    sample = [builder.sample(now_ms()).payload] if reporting else []
+    return [r.payload for r in await queue.peek(1)] + sample
+
+
+def _status_schema(cfg: AgentConfig) -> Schema | None:
+    """The gateway status object of the schema file; None (said once, loudly) when the file lacks it."""
+    try:
+        return load_schema(cfg.datacloud.schema_path, STATUS_OBJECT, STATUS_FIELDS)
+    except SchemaError as exc:
+        if cfg.fleet.interval_seconds > 0:
+            log.warning("fleet: no gateway status records: %s hint=%s", exc.message,
+                        "use the schema file shipped with this version (it holds both objects) and upload it "
+                        "to the connector, or set [fleet] interval_seconds = 0")
+        return None
+
+
+def _lane_json(st: LaneState, now: int) -> dict[str, Any]:
+    return {
+        "sent": st.sent_total, "requests": st.requests_total, "rejected": st.rejected_total,
+        "failures": st.failures_total, "consecutive_failures": st.consecutive_failures,
+        "last_success_age_s": None if st.last_success_ms is None else round((now - st.last_success_ms) / 1000, 1),
+        "last_success_ms": st.last_success_ms,
+        "retry_in_s": None if not st.retry_at_ms else max(0.0, round((st.retry_at_ms - now) / 1000, 1)),
+        "last_error": st.last_error, "active": st.active,
+    }
 
 
 def _hard_exit(seconds: float) -> None:
@@ -186,6 +226,14 @@ class _Run:
     stats: OutboxStats | None = None       # cached for health(), which must not do I/O
     status_server: StatusServer | None = None
     source_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The gateway's own status records (agent/fleet.py): their lanes, and the reporter writing them.
+    status_drain: Drain | None = None
+    status_queue: ObjectQueue | None = None
+    reporter: StatusReporter | None = None
+
+    @property
+    def drains(self) -> list[Drain]:
+        return [self.drain] if self.status_drain is None else [self.drain, self.status_drain]
 
 
 class Agent:
@@ -230,6 +278,11 @@ class Agent:
         self.health_policy = health_policy or HealthPolicy()
         self._recent_dead = RecentEvents(self.health_policy.recent_seconds)
         self._recent_dropped = RecentEvents(self.health_policy.recent_seconds)
+        # Since the agent started, for the gateway status records' "*_new" counters (agent/fleet.py).
+        self._dead_lettered_total = 0
+        self._rejected_inputs_total = 0
+        self._refused_full_total = 0
+        self.fleet = ReportState()
 
     # -- control ------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -319,19 +372,43 @@ class Agent:
             # The URL names the connector's object endpoint; the schema lookup its object name.
             streaming = StreamingClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.endpoint_name,
                                         max_body_bytes=cfg.drain.batch_max_bytes)
+            # Both objects' lanes share the org's limits: one request pacer, one bulk job budget.
+            pacer = Pacer(cfg.drain.max_requests_per_second)
+            budget = JobBudget()
             bulk = BulkLane(BulkClient(tokens, session, cfg.datacloud.source_name, cfg.datacloud.endpoint_name),
                             outbox, schema, max_file_bytes=cfg.drain.bulk_file_max_bytes,
-                            tmp_dir=cfg.outbox.path.parent)
-            drain = Drain(outbox, streaming, bulk, cfg.drain,
-                          pacer=Pacer(cfg.drain.max_requests_per_second),
+                            tmp_dir=cfg.outbox.path.parent, budget=budget)
+            readings = ObjectQueue(outbox, None)
+            drain = Drain(readings, streaming, bulk, cfg.drain, pacer=pacer,
                           on_sent=self._count_sent, on_rejected=self._count_rejected,
-                          beat=self.watchdog.beat, samples=partial(_samples, outbox, builder, self._now_ms))
+                          beat=self.watchdog.beat, samples=partial(_samples, readings, builder, self._now_ms))
             # Created before the sources start, so it sees an unsynchronised clock before any reading.
             holdback = HoldBack(outbox, self.clock, builder, on_released=partial(self._released, drain))
             supervisor = Supervisor(fatal=(OutboxFatalError,),
                                     on_restart=lambda name: self.metrics.restarts_total.inc(component=name))
             run = _Run(cfg, outbox, drain, self._source_factory(cfg), builder, self._now_ms(), tokens, holdback,
                        supervisor)
+            status_schema = _status_schema(cfg)
+            if status_schema is not None:
+                # The gateway's status records: a queue, lanes and a schema guard of their own (a
+                # connector without the object refuses them, never the readings), same limits.
+                status_builder = StatusBuilder(status_schema, cfg.site.id, cfg.site.customer_id, __version__)
+                endpoint = cfg.datacloud.status_endpoint_name
+                run.status_queue = ObjectQueue(outbox, STATUS_OBJECT)
+                run.status_drain = Drain(
+                    run.status_queue,
+                    StreamingClient(tokens, session, cfg.datacloud.source_name, endpoint,
+                                    max_body_bytes=cfg.drain.batch_max_bytes),
+                    BulkLane(BulkClient(tokens, session, cfg.datacloud.source_name, endpoint), outbox,
+                             status_schema, max_file_bytes=cfg.drain.bulk_file_max_bytes,
+                             tmp_dir=cfg.outbox.path.parent, budget=budget, obj=STATUS_OBJECT),
+                    cfg.drain, pacer=pacer, on_sent=self._count_sent, on_rejected=self._count_rejected,
+                    beat=self.watchdog.beat,
+                    samples=partial(_status_samples, run.status_queue, status_builder, self._now_ms,
+                                    cfg.fleet.interval_seconds > 0))
+                if cfg.fleet.interval_seconds > 0:
+                    run.reporter = StatusReporter(status_builder, cfg.fleet.interval_seconds, self._status_snapshot,
+                                                  partial(self._commit_status, run), self.fleet, now_ms=self._now_ms)
             for src in run.sources:
                 if isinstance(src, SupportsFeedHealth):
                     src.on_outcome = self._count_input
@@ -361,8 +438,14 @@ class Agent:
             drain_tasks = [sup.start(tg, "drain.stream", run.drain.stream_loop)]
             if run.drain.bulk is not None:
                 drain_tasks.append(sup.start(tg, "drain.bulk", run.drain.bulk_loop))
+            if run.status_drain is not None:
+                drain_tasks.append(sup.start(tg, "fleet.stream", run.status_drain.stream_loop))
+                if run.status_drain.bulk is not None:
+                    drain_tasks.append(sup.start(tg, "fleet.bulk", run.status_drain.bulk_loop))
             others = [sup.start(tg, "notify", partial(self._publish_status, run)),
                       sup.start(tg, "clock.holdback", run.holdback.run)]
+            if run.reporter is not None:
+                others.append(sup.start(tg, "fleet.report", run.reporter.run))
             if run.status_server is not None:
                 others.append(sup.start(tg, "status", run.status_server.watch))
             interval = watchdog_interval()
@@ -377,7 +460,8 @@ class Agent:
                 self.notifier.stopping()
             # Sources first: nothing new is read while the last deliveries finish.
             await self.stop_sources()
-            run.drain.stop()
+            for d in run.drains:
+                d.stop()
             _done, pending = await asyncio.wait(drain_tasks, timeout=DRAIN_STOP_SECONDS)
             if pending:
                 log.warning("agent: delivery still running after %.0fs; its rows stay in the outbox",
@@ -467,8 +551,10 @@ class Agent:
         drain.notify_appended(result.restamped, result.restamped_bytes)
         if result.lost:
             self._recent_dead.add(self._now_ms(), result.lost)
+            self._dead_lettered_total += result.lost
 
     def _refused_full(self, run: _Run, n: int, exc: OutboxFullError) -> None:
+        self._refused_full_total += n
         self.metrics.events_discarded_total.inc(n, reason="outbox_full")
         self._recent_dropped.add(self._now_ms(), n)
         log.error("outbox: full, %d new readings refused (when_full=%s): %s", n, run.cfg.outbox.when_full, exc)
@@ -479,6 +565,8 @@ class Agent:
         if run is None:
             raise asyncio.CancelledError
         await run.outbox.record_rejected(item)
+        if not item.redelivered:
+            self._rejected_inputs_total += 1
 
     def _count_input(self, source: str, outcome: str) -> None:
         self.metrics.source_inputs_total.inc(source=source, outcome=outcome)
@@ -489,6 +577,25 @@ class Agent:
     def _count_rejected(self, reasons: dict[str, str]) -> None:
         self.metrics.events_discarded_total.inc(len(reasons), reason="dead_letter")
         self._recent_dead.add(self._now_ms(), len(reasons))
+        self._dead_lettered_total += len(reasons)
+
+    # -- the gateway's own status records (agent/fleet.py) ------------------------------------------
+    async def _status_snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return await self.status(), self.health().to_json()
+
+    async def _commit_status(self, run: _Run, record: EncodedRecord) -> None:
+        """Append one status record like a reading: durable, then its lane is told."""
+        try:
+            result = await run.outbox.append([record])
+        except OutboxFullError as exc:
+            self._refused_full(run, 1, exc)
+            return
+        if result.dropped:
+            self.metrics.events_discarded_total.inc(result.dropped, reason="outbox_full")
+        if run.status_drain is not None:
+            run.status_drain.notify_appended(result.appended, len(record.payload))
+        if self._on_committed is not None:
+            self._on_committed([record])
 
     # -- SupportsControl (operator actions over the status socket) ---------------------------------
     async def flush_now(self, *, bulk: bool = False, wait_seconds: float = 10.0) -> dict[str, Any]:
@@ -501,7 +608,8 @@ class Agent:
         stream, bulk_st = drain.stream_state, drain.bulk_state
         marks = (stream.requests_total, stream.sent_total, bulk_st.jobs_total, bulk_st.sent_total,
                  bulk_st.failures_total)
-        drain.flush_now(bulk=bulk)
+        for d in run.drains:
+            d.flush_now(bulk=bulk)
         deadline = time.monotonic() + wait_seconds
         timed_out = False
         # Poll the lanes' counters with a deadline: the drain has no completion event to wait on,
@@ -537,7 +645,8 @@ class Agent:
         moved = await run.outbox.requeue_dead_letters(None if event_ids is None else list(event_ids))
         if moved:
             log.info("outbox: %d dead letter(s) requeued by an operator", moved)
-            run.drain.flush_now()
+            for d in run.drains:
+                d.flush_now()
         return moved
 
     # -- StatusProvider -----------------------------------------------------------------------------
@@ -565,15 +674,7 @@ class Agent:
                               "outcomes": f.outcomes, "last_message_age_s": age_s(f.last_message_ms),
                               "last_reading_age_s": age_s(f.last_reading_ms),
                               "example_topic": f.example_topic, "example_reason": f.example_reason})
-        lanes = {}
-        for st in (run.drain.stream_state, run.drain.bulk_state):
-            lanes[st.name] = {
-                "sent": st.sent_total, "requests": st.requests_total, "rejected": st.rejected_total,
-                "failures": st.failures_total, "consecutive_failures": st.consecutive_failures,
-                "last_success_age_s": age_s(st.last_success_ms),
-                "retry_in_s": None if not st.retry_at_ms else max(0.0, round((st.retry_at_ms - now) / 1000, 1)),
-                "last_error": st.last_error, "active": st.active,
-            }
+        lanes = {st.name: _lane_json(st, now) for st in (run.drain.stream_state, run.drain.bulk_state)}
         return {
             "running": True,
             "version": __version__,
@@ -593,7 +694,31 @@ class Agent:
                 "held": stats.held, "rejected_inputs": stats.rejected_inputs,
                 "file_bytes": stats.file_bytes, "max_bytes": run.cfg.outbox.max_bytes,
             },
+            "totals": {
+                "readings": int(sum(v for _, v in self.metrics.received_events_total.samples())),
+                "dead_lettered": self._dead_lettered_total, "rejected_inputs": self._rejected_inputs_total,
+                "dropped": stats.dropped_total + self._refused_full_total,
+            },
+            "fleet": await self._fleet_status(run, now),
         }
+
+    async def _fleet_status(self, run: _Run, now: int) -> dict[str, Any]:
+        """The gateway status records: how often, how many, what is queued, and their lanes."""
+        st = self.fleet
+        doc: dict[str, Any] = {
+            "object": STATUS_OBJECT, "endpoint": run.cfg.datacloud.status_endpoint_name,
+            "interval_s": run.cfg.fleet.interval_seconds, "enabled": run.reporter is not None,
+            "reports": st.reports,
+            "last_interval": None if st.last_start_ms is None else format_time(st.last_start_ms),
+            "last_report_age_s": None if st.last_report_ms is None else round((now - st.last_report_ms) / 1000, 1),
+        }
+        if run.status_drain is not None and run.status_queue is not None:
+            queued = await run.status_queue.stats()
+            doc["queued"] = queued.rows
+            doc["lane"] = run.status_drain.lane
+            doc["lanes"] = {s.name: _lane_json(s, now)
+                            for s in (run.status_drain.stream_state, run.status_drain.bulk_state)}
+        return doc
 
     def health(self) -> HealthReport:
         run = self._run
@@ -625,7 +750,9 @@ class Agent:
             components_failed=[(c.name, c.last_error) for c in sup.gave_up()],
             dead_letters_recent=self._recent_dead.count(now), dropped_recent=self._recent_dropped.count(now),
             held=stats.held if stats else 0,
-            schema_mismatch=run.drain.guard.mismatch,
+            schema_mismatch=run.drain.guard.mismatch or (
+                f"{STATUS_OBJECT}: {run.status_drain.guard.mismatch}"
+                if run.status_drain is not None and run.status_drain.guard.mismatch else ""),
         ), self.health_policy)
 
     def metrics_text(self) -> str:

@@ -29,8 +29,12 @@ class Site:
 
 def write_config(tmp_path: Path, *, login_url: str = "http://127.0.0.1:9", key: Path | None = None,
                  client_id: str = "solar-agent", username: str = "agent@solar.example",
-                 flush_interval_seconds: float = 30.0, extra: str = "") -> Site:
-    """A valid site.toml in ``tmp_path``; ``extra`` appends [[modbus]] / [[mqtt]] sections."""
+                 flush_interval_seconds: float = 30.0, extra: str = "", fleet_interval_seconds: float = 0) -> Site:
+    """A valid site.toml in ``tmp_path``; ``extra`` appends [[modbus]] / [[mqtt]] sections.
+
+    Gateway status records are off unless asked for (``fleet_interval_seconds``): one written at a
+    5-minute boundary must not show up in a test that counts rows.
+    """
     key = key or tmp_path / "jwt.key"
     site = Site(tmp_path, tmp_path / "site.toml", tmp_path / "outbox.db", tmp_path / "status.sock", key)
     site.config.write_text(f"""
@@ -56,6 +60,9 @@ retry_max_seconds = 2.0
 
 [status]
 socket_path = "{site.socket}"
+
+[fleet]
+interval_seconds = {fleet_interval_seconds}
 {extra}
 """, encoding="utf-8")
     return site

@@ -27,6 +27,7 @@ from agent.config import (
     AgentConfig,
     DataCloudConfig,
     DrainConfig,
+    FleetConfig,
     ModbusBusConfig,
     ModbusDeviceConfig,
     MqttConfig,
@@ -35,6 +36,7 @@ from agent.config import (
     StatusConfig,
 )
 from agent.emulator import Emulator, EmulatorSettings, Faults
+from agent.fleet import STATUS_OBJECT
 from agent.keys import generate_keypair
 from agent.records import EncodedRecord
 from agent.runtime import Agent
@@ -121,13 +123,19 @@ class Demo:
         self.out = out
         self.with_mqtt = with_mqtt
         self.committed: set[str] = set()
+        # The gateway's own status records (agent/fleet.py): event id -> written during an outage?
+        self.status_committed: dict[str, bool] = {}
+        self._in_outage = False
         self.agent: Agent | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     def _on_committed(self, records: Sequence[EncodedRecord]) -> None:
-        self.committed.update(r.event_id for r in records)
+        self.committed.update(r.event_id for r in records if r.object is None)
+        for r in records:
+            if r.object == STATUS_OBJECT:
+                self.status_committed.setdefault(r.event_id, self._in_outage)
 
     def _config(self, emu: Emulator, key_path: Path, rtu_port: str, tcp_port: int, broker: Broker | None,
                 bulk_after: float) -> AgentConfig:
@@ -154,6 +162,8 @@ class Demo:
                               bulk_after_seconds=bulk_after, bulk_min_rows=1_000_000,
                               max_requests_per_second=20.0, retry_max_seconds=2.0, reconnect_jitter_seconds=1.0),
             status=StatusConfig(socket_path=self.workdir / "status.sock"),
+            # About 16 gateway status records per run, a few of them during the long outage.
+            fleet=FleetConfig(interval_seconds=max(1.0, round(self.duration_s / 16, 1))),
         )
 
     async def run(self) -> int:
@@ -213,12 +223,14 @@ class Demo:
             if phase is not current:
                 current = phase
                 emu.set_faults(Faults(outage=phase.outage))
+                self._in_outage = phase.outage
                 self.say(f"--- {elapsed:5.1f}s  {phase.name}{'  (Data Cloud unreachable)' if phase.outage else ''}")
             if elapsed >= next_line:
                 await self._progress(elapsed, phase)
                 next_line += 2.0
             await asyncio.sleep(0.25)  # the scenario's clock tick
         emu.set_faults(Faults())
+        self._in_outage = False
 
     async def _progress(self, elapsed: float, phase: Phase) -> None:
         agent = self.agent
@@ -237,17 +249,39 @@ class Demo:
         deadline = time.monotonic() + max(60.0, self.duration_s)
         while time.monotonic() < deadline:
             stats = await agent.outbox.stats()
-            if stats.rows == 0 and len(emu.store.keys()) >= len(self.committed):
+            if (stats.rows == 0 and len(emu.store.keys()) >= len(self.committed)
+                    and set(self.status_committed) <= emu.store.keys(STATUS_OBJECT)):
                 break
             agent.drain.flush_now()
             await asyncio.sleep(0.25)  # waiting for delivery, with a deadline
+        # The reporter keeps writing while the agent runs: judge the status records written so far.
+        status_written = dict(self.status_committed)
         stats = await agent.outbox.stats()
         rec = self.reconcile(emu, stats.dead_letters, agent)
         for line in rec.lines():
             self.say(line)
         if rec.bulk == 0:
             self.say("note: the bulk lane was not used in this run (a slow machine?); try a longer --duration")
-        return 0 if rec.ok else 1
+        status_ok = self.show_status_rows(emu, status_written)
+        return 0 if rec.ok and status_ok else 1
+
+    def show_status_rows(self, emu: Emulator, committed: dict[str, bool]) -> bool:
+        """The site's solar_gateway_status rows as Data Cloud holds them; True when each landed exactly once."""
+        rows = sorted(emu.store.rows(obj=STATUS_OBJECT), key=lambda r: str(r.get("date_time")))
+        writes = emu.store.write_counts(STATUS_OBJECT)
+        self.say("")
+        self.say(f"Gateway status rows in Data Cloud ({STATUS_OBJECT}, one per interval)")
+        self.say("  INTERVAL START             HEALTH    BACKLOG  LANE         STREAM LAST OK             WRITTEN")
+        for r in rows:
+            when = "during outage" if committed.get(str(r["event_id"])) else ""
+            self.say(f"  {r.get('date_time')!s:26} {r.get('health_level')!s:9} {r.get('backlog_rows')!s:>7}  "
+                     f"{r.get('delivery_lane')!s:12} {r.get('stream_last_success') or '-'!s:26} {when}")
+        landed = {str(r["event_id"]) for r in rows}
+        lost = set(committed) - landed
+        outage = sum(1 for eid, out in committed.items() if out and eid in landed)
+        self.say(f"  {len(landed)} rows, {outage} written during the outage and delivered after it; "
+                 f"lost {len(lost)}, replayed writes {sum(n - 1 for n in writes.values() if n > 1)}")
+        return not lost
 
     def reconcile(self, emu: Emulator, dead_letters: int, agent: Agent) -> Reconciliation:
         rows = emu.store.rows()

@@ -25,12 +25,18 @@ async def test_demo_reconciles_and_uses_the_bulk_lane(tmp_path: Path) -> None:
     assert bulk > 0, text
     landed = demo.committed & demo_landed(tmp_path)
     assert landed == demo.committed and len(demo.committed) > 100
+    # The gateway reported itself all along, the long outage included, and each row landed once.
+    status = demo_landed(tmp_path, "solar_gateway_status")
+    assert set(demo.status_committed) <= status and len(status) >= 8, text
+    assert sum(demo.status_committed.values()) >= 2, text          # written while Data Cloud was unreachable
+    assert "Gateway status rows in Data Cloud (solar_gateway_status" in text, text
+    assert "during outage" in text, text
 
 
-def demo_landed(workdir: Path) -> set[str]:
+def demo_landed(workdir: Path, obj: str = "solar_panel_event") -> set[str]:
     import sqlite3
     conn = sqlite3.connect(workdir / "datacloud.db")
     try:
-        return {r[0] for r in conn.execute("SELECT pk FROM landed")}
+        return {r[0] for r in conn.execute("SELECT pk FROM landed_objects WHERE object = ?", (obj,))}
     finally:
         conn.close()

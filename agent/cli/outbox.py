@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cli.status import add_config_args, human_age, human_bytes, load_for_socket
 from agent.config import AgentConfig, load_config
-from agent.errors import OutboxError
+from agent.errors import OutboxError, SchemaError
 from agent.outbox import open_readonly, read_stats
 from agent.records import CsvEncoder, format_time, load_schema
 
@@ -175,8 +176,8 @@ def _peek(args: argparse.Namespace) -> int:
     try:
         with open_readonly(cfg.outbox.path) as conn:
             rows = conn.execute(
-                "SELECT seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload FROM events "
-                "ORDER BY seq LIMIT ?", (max(0, args.n),)).fetchall()
+                f"SELECT seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload, {_object_col(conn)} "
+                "FROM events ORDER BY seq LIMIT ?", (max(0, args.n),)).fetchall()
     except OutboxError as exc:
         return _fail(exc)
     if not rows:
@@ -188,10 +189,10 @@ def _peek(args: argparse.Namespace) -> int:
         else:
             print("the outbox is empty: everything was delivered")
         return EXIT_OK
-    for seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload in rows:
+    for seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload, obj in rows:
         state = f"leased #{lease_id}" if lease_id is not None else (
             f"retry at {_when(retry_at_ms)}" if retry_at_ms and retry_at_ms > _now_ms() else "waiting")
-        print(f"#{seq} {event_id}  stored {_when(enqueued_ms)}  attempts {attempts}  {state}")
+        print(f"#{seq} {event_id}  stored {_when(enqueued_ms)}  attempts {attempts}  {state}{_of(obj)}")
         print(f"    {bytes(payload).decode('utf-8', 'replace')}")
     return EXIT_OK
 
@@ -202,20 +203,30 @@ def _dead_letters(args: argparse.Namespace) -> int:
         with open_readonly(cfg.outbox.path) as conn:
             total = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
             rows = conn.execute(
-                "SELECT event_id, reason, rejected_ms, payload FROM dead_letters ORDER BY rejected_ms, event_id "
-                "LIMIT ?", (max(0, args.n),)).fetchall()
+                f"SELECT event_id, reason, rejected_ms, payload, {_object_col(conn, 'dead_letters')} FROM dead_letters "
+                "ORDER BY rejected_ms, event_id LIMIT ?", (max(0, args.n),)).fetchall()
     except OutboxError as exc:
         return _fail(exc)
     if not rows:
         print("no dead letters: Data Cloud accepted every record so far")
         return EXIT_OK
-    for event_id, reason, rejected_ms, payload in rows:
-        print(f"{event_id}  rejected {_when(rejected_ms)}")
+    for event_id, reason, rejected_ms, payload, obj in rows:
+        print(f"{event_id}  rejected {_when(rejected_ms)}{_of(obj)}")
         print(f"    reason: {reason}")
         print(f"    record: {bytes(payload).decode('utf-8', 'replace')}")
     print(f"{len(rows)} of {total} dead letter(s) shown")
     print("Try: fix the cause (schema in Data Cloud, site config), then: solar-agent outbox requeue --all")
     return EXIT_OK
+
+
+def _object_col(conn: sqlite3.Connection, table: str = "events") -> str:
+    """The ``object`` column, or NULL in a file the agent has not migrated yet (readings only)."""
+    return "object" if any(r[1] == "object" for r in conn.execute(f"PRAGMA table_info({table})")) else "NULL"
+
+
+def _of(obj: str | None) -> str:
+    """Rows of another object than the readings say which (the gateway's status records)."""
+    return "" if obj is None else f"  object {obj}"
 
 
 def _held_count(cfg: AgentConfig) -> int:
@@ -309,80 +320,120 @@ class ExportResult:
     rows: int
     first_time: str | None
     last_time: str | None
+    object_name: str = ""                 # the object endpoint the files are for (a bulk job's "object")
+    others: tuple[ExportResult, ...] = ()  # the other objects' files (gateway status records)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportObject:
+    """One object to export: which rows (``obj``: None = the readings), its CSV encoder, its endpoint name."""
+
+    obj: str | None
+    encoder: CsvEncoder
+    object_name: str
 
 
 def export_backlog(outbox_path: Path, out_dir: Path, encoder: CsvEncoder, *, max_file_bytes: int,
-                   object_name: str, source_name: str, chunk_rows: int = 5000) -> ExportResult:
-    """Write every queued row as bulk CSV files (each <= ``max_file_bytes``) and MANIFEST.txt."""
-    header = encoder.header()
-    if max_file_bytes <= len(header):
-        raise OutboxError(f"--max-file-bytes {max_file_bytes} is smaller than the CSV header",
-                          hint="use at least 1000000")
+                   object_name: str, source_name: str, chunk_rows: int = 5000,
+                   others: tuple[ExportObject, ...] = ()) -> ExportResult:
+    """Write every queued row as bulk CSV files (each <= ``max_file_bytes``) and MANIFEST.txt.
+
+    The readings go to ``<object_name>-NNNN.csv``; each of ``others`` (the gateway status records)
+    to files of its own, with its own header: a bulk job takes one object.
+    """
+    targets = (ExportObject(None, encoder, object_name), *others)
+    for t in targets:
+        if max_file_bytes <= len(t.encoder.header()):
+            raise OutboxError(f"--max-file-bytes {max_file_bytes} is smaller than the CSV header",
+                              hint="use at least 1000000")
     out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[ExportResult] = []
+    with open_readonly(outbox_path) as conn:
+        conn.execute("BEGIN")   # one snapshot: rows the agent delivers meanwhile do not tear the export
+        # An outbox the agent has not migrated yet (migration 4) holds readings only.
+        has_object = any(r[1] == "object" for r in conn.execute("PRAGMA table_info(events)"))
+        for t in targets:
+            if t.obj is not None and not has_object:
+                continue
+            cond, args = ("", ()) if not has_object else (
+                ("AND object IS NULL", ()) if t.obj is None else ("AND object = ?", (t.obj,)))
+            results.append(_export_rows(conn, out_dir, t, cond, args, max_file_bytes, chunk_rows))
+        conn.execute("COMMIT")
+    main, *rest = results
+    result = ExportResult(main.files, main.rows, main.first_time, main.last_time, object_name,
+                          tuple(r for r in rest if r.rows))
+    (out_dir / "MANIFEST.txt").write_text(_manifest(result, outbox_path, source_name, max_file_bytes),
+                                          encoding="utf-8")
+    return result
+
+
+def _export_rows(conn: sqlite3.Connection, out_dir: Path, t: ExportObject, cond: str, args: tuple[str, ...],
+                 max_file_bytes: int, chunk_rows: int) -> ExportResult:
+    header = t.encoder.header()
     files: list[Path] = []
     rows = 0
     first = last = None
     current = None
     size = 0
     try:
-        with open_readonly(outbox_path) as conn:
-            conn.execute("BEGIN")   # one snapshot: rows the agent delivers meanwhile do not tear the export
-            after = 0
-            while True:
-                chunk = conn.execute("SELECT seq, time_ms, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                     (after, chunk_rows)).fetchall()
-                if not chunk:
-                    break
-                after = chunk[-1][0]
-                for _, time_ms, payload in chunk:
-                    line = encoder.rows([bytes(payload)])
-                    if len(header) + len(line) > max_file_bytes:
-                        raise OutboxError(f"one row is {len(line)} bytes, over --max-file-bytes {max_file_bytes}",
-                                          hint="raise --max-file-bytes")
-                    if current is None or size + len(line) > max_file_bytes:
-                        if current is not None:
-                            current.close()
-                        path = out_dir / f"{object_name}-{len(files) + 1:04d}.csv"
-                        current = path.open("wb")
-                        files.append(path)
-                        current.write(header)
-                        size = len(header)
-                    current.write(line)
-                    size += len(line)
-                    rows += 1
-                    first = time_ms if first is None else min(first, time_ms)
-                    last = time_ms if last is None else max(last, time_ms)
-            conn.execute("COMMIT")
+        after = 0
+        while True:
+            chunk = conn.execute(f"SELECT seq, time_ms, payload FROM events WHERE seq > ? {cond} ORDER BY seq LIMIT ?",
+                                 (after, *args, chunk_rows)).fetchall()
+            if not chunk:
+                break
+            after = chunk[-1][0]
+            for _, time_ms, payload in chunk:
+                line = t.encoder.rows([bytes(payload)])
+                if len(header) + len(line) > max_file_bytes:
+                    raise OutboxError(f"one row is {len(line)} bytes, over --max-file-bytes {max_file_bytes}",
+                                      hint="raise --max-file-bytes")
+                if current is None or size + len(line) > max_file_bytes:
+                    if current is not None:
+                        current.close()
+                    path = out_dir / f"{t.object_name}-{len(files) + 1:04d}.csv"
+                    current = path.open("wb")
+                    files.append(path)
+                    current.write(header)
+                    size = len(header)
+                current.write(line)
+                size += len(line)
+                rows += 1
+                first = time_ms if first is None else min(first, time_ms)
+                last = time_ms if last is None else max(last, time_ms)
     finally:
         if current is not None:
             current.close()
-    result = ExportResult(tuple(files), rows, None if first is None else format_time(first),
-                          None if last is None else format_time(last))
-    (out_dir / "MANIFEST.txt").write_text(_manifest(result, outbox_path, object_name, source_name,
-                                                    max_file_bytes), encoding="utf-8")
-    return result
+    return ExportResult(tuple(files), rows, None if first is None else format_time(first),
+                        None if last is None else format_time(last), t.object_name)
 
 
-def _manifest(r: ExportResult, outbox_path: Path, object_name: str, source_name: str, max_file_bytes: int) -> str:
-    names = "\n".join(f"  {p.name}  {p.stat().st_size} bytes" for p in r.files) or "  (none: the outbox was empty)"
-    return f"""solar-agent outbox export
-exported   {format_time(_now_ms())} from {outbox_path}
-rows       {r.rows}
-time range {r.first_time or '-'} .. {r.last_time or '-'} (reading times, UTC)
-object     {object_name} (Ingestion API connector source {source_name})
+def _manifest(r: ExportResult, outbox_path: Path, source_name: str, max_file_bytes: int) -> str:
+    parts = []
+    for part in (r, *r.others):
+        names = "\n".join(f"  {p.name}  {p.stat().st_size} bytes" for p in part.files) or \
+            "  (none: the outbox was empty)"
+        parts.append(f"""object     {part.object_name} (Ingestion API connector source {source_name})
+rows       {part.rows}
+time range {part.first_time or '-'} .. {part.last_time or '-'} (event times, UTC)
 files (CSV, RFC 4180, header in schema order, each <= {max_file_bytes} bytes):
 {names}
+""")
+    objects = ", ".join(f'"{part.object_name}"' for part in (r, *r.others))
+    return f"""solar-agent outbox export
+exported   {format_time(_now_ms())} from {outbox_path}
 
+{chr(10).join(parts)}
 These rows are STILL IN THE OUTBOX: the agent keeps them until Data Cloud accepts them, and will
 send them itself when it can. Uploading these files as well is harmless: records are upserted by
 event_id, so a row sent twice lands once.
 
 To upload them yourself with a Data Cloud bulk job (Ingestion API, at most 100 files and 150 MB
-per file per job):
+per file per job; one job per object, {objects}):
   1. POST   https://<DC instance>/api/v1/ingest/jobs
-            {{"object": "{object_name}", "sourceName": "{source_name}", "operation": "upsert"}}
+            {{"object": "{r.object_name}", "sourceName": "{source_name}", "operation": "upsert"}}
   2. PUT    https://<DC instance>/api/v1/ingest/jobs/<job id>/batches   (Content-Type: text/csv),
-            once per file
+            once per file of that object
   3. PATCH  https://<DC instance>/api/v1/ingest/jobs/<job id>   {{"state": "UploadComplete"}}
   4. GET    https://<DC instance>/api/v1/ingest/jobs/<job id>   until "JobComplete" (or "Failed")
 with a Data Cloud token (the a360 token exchange) in "Authorization: Bearer ...".
@@ -390,11 +441,21 @@ with a Data Cloud token (the a360 token exchange) in "Authorization: Bearer ..."
 
 
 def _export(args: argparse.Namespace) -> int:
+    from agent.fleet import STATUS_FIELDS, STATUS_OBJECT
+
     cfg = _config(args)
     schema = load_schema(cfg.datacloud.schema_path, cfg.datacloud.object_name)
+    others: tuple[ExportObject, ...] = ()
+    try:
+        status_schema = load_schema(cfg.datacloud.schema_path, STATUS_OBJECT, STATUS_FIELDS)
+    except SchemaError:
+        pass       # a schema file without the status object: only readings can be exported for it
+    else:
+        others = (ExportObject(STATUS_OBJECT, CsvEncoder(status_schema), cfg.datacloud.status_endpoint_name),)
     try:
         result = export_backlog(cfg.outbox.path, args.out, CsvEncoder(schema), max_file_bytes=args.max_file_bytes,
-                                object_name=cfg.datacloud.endpoint_name, source_name=cfg.datacloud.source_name)
+                                object_name=cfg.datacloud.endpoint_name, source_name=cfg.datacloud.source_name,
+                                others=others)
     except OutboxError as exc:
         return _fail(exc)
     except OSError as exc:
@@ -403,7 +464,9 @@ def _export(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"exported {result.rows} rows into {len(result.files)} CSV file(s) in {args.out}"
           f" ({result.first_time or '-'} .. {result.last_time or '-'})")
+    for other in result.others:
+        print(f"  and {other.rows} {other.object_name} rows (the gateway's status records) into "
+              f"{len(other.files)} CSV file(s) of their own: one bulk job per object")
     print(f"see {args.out / 'MANIFEST.txt'} for how to upload them with a bulk job")
     print("the rows stay in the outbox until Data Cloud accepts them from the agent")
     return EXIT_OK
-

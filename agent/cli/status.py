@@ -31,6 +31,7 @@ Show what the running agent is doing, read over its status socket:
   devices     state, age of the last reading, errors by kind (timeout, crc, exception, ...)
   feeds       MQTT brokers: connected, messages, and why messages gave no reading
   lanes       stream and bulk: rows sent, last success, next retry, last error
+  fleet       the gateway's own status records (solar_gateway_status): reported, queued, their lane
   components  only when one failed: restarts and its last error
   outbox      rows waiting, held for the clock, age of the oldest, dead letters, rejected inputs, drops
   clock       synchronised or not (readings are held with provisional times until it is)
@@ -218,6 +219,7 @@ def render_status(status: dict[str, Any]) -> str:
                      "-" if retry is None else human_age(retry), str(lane.get("consecutive_failures", 0)),
                      lane.get("last_error") or "-"])
     lines += _table(["LANE", "SENT", "LAST SUCCESS", "RETRY IN", "FAILURES", "LAST ERROR"], rows)
+    lines += _render_fleet(status.get("fleet") or {})
     troubled = {n: c for n, c in (status.get("components") or {}).items()
                 if c.get("restarts") or c.get("state") in ("restarting", "failed")}
     if troubled:
@@ -248,6 +250,27 @@ def render_status(status: dict[str, Any]) -> str:
     if synced is False:
         lines.append("  Try: timedatectl timesync-status (NTP needs UDP 123)")
     return "\n".join(lines)
+
+
+def _render_fleet(fleet: dict[str, Any]) -> list[str]:
+    """The gateway status records: how often, how many, what waits, and why their lane fails."""
+    if not fleet:
+        return []
+    name = fleet.get("object", "solar_gateway_status")
+    queued = f"{fleet.get('queued', 0)} queued, lane {fleet.get('lane', '?')}" if "lane" in fleet else \
+        "no lanes (the schema file lacks the object)"
+    if fleet.get("enabled"):
+        head = (f"fleet    {name} every {human_age(fleet.get('interval_s'))}: {fleet.get('reports', 0)} reported, "
+                f"last interval {fleet.get('last_interval') or '-'}, {queued}")
+    else:
+        head = f"fleet    {name} reports off ([fleet] interval_seconds = 0), {queued}"
+    lines = ["", head]
+    stream = (fleet.get("lanes") or {}).get("stream") or {}
+    if stream.get("consecutive_failures"):
+        lines.append(f"  last error: {stream.get('last_error') or '-'}")
+        lines.append(f"  Try: upload the schema file shipped with this version (it holds {name}) and create a data "
+                     f"stream on {name}; the records stay queued until then")
+    return lines
 
 
 __all__ = ["add_config_args", "human_age", "human_bytes", "load_for_socket", "print_not_running", "render_status"]

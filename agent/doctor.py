@@ -72,11 +72,12 @@ def _settle_threadsafe(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[_T],
 # -- local checks -----------------------------------------------------------------------------------------
 
 
-async def check_config(path: Path | str | None) -> tuple[CheckResult, AgentConfig | None, Schema | None]:
+async def check_config(path: Path | str | None, credentials_dir: Path | None = None,
+                       ) -> tuple[CheckResult, AgentConfig | None, Schema | None]:
     """The config loads, and its schema loads and matches it."""
     name = "config"
     try:
-        cfg = await asyncio.to_thread(load_config, path)
+        cfg = await asyncio.to_thread(functools.partial(load_config, path, credentials_dir=credentials_dir))
     except ConfigError as exc:
         return _fail(name, exc.message, exc.hint or f"solar-agent check-config {path or ''}".strip()), None, None
     try:
@@ -426,15 +427,20 @@ async def _bounded(names: list[str], work: Awaitable[CheckResult | list[CheckRes
 
 
 async def run_checks(config_path: Path | str | None, *, clock: ClockGuard | None = None,
-                     timeout_seconds: float = CHECK_TIMEOUT_SECONDS) -> AsyncIterator[CheckResult]:
+                     timeout_seconds: float = CHECK_TIMEOUT_SECONDS,
+                     devices: bool = True, credentials_dir: Path | None = None) -> AsyncIterator[CheckResult]:
     """Every check, in the order a technician fixes things; yields results as they come.
 
     Args:
         config_path: the site config (None: the default path).
         clock: the clock guard to ask (tests and containers inject one).
         timeout_seconds: the bound of each check.
+        devices: run the serial port and Modbus checks. False while the agent runs (the support
+            bundle): a second master on an RS-485 bus garbles the agent's requests, and an
+            inverter's Modbus TCP server may take one client only.
+        credentials_dir: where ``credential:NAME`` paths point (default: ``$CREDENTIALS_DIRECTORY``).
     """
-    result, cfg, schema = await check_config(config_path)
+    result, cfg, schema = await check_config(config_path, credentials_dir)
     yield result
     if cfg is None:
         return
@@ -457,10 +463,10 @@ async def run_checks(config_path: Path | str | None, *, clock: ClockGuard | None
                     for d in bus.devices]
         return await check_modbus_bus(bus)
 
-    for bus in cfg.modbus:
+    for bus in cfg.modbus if devices else ():
         if bus.transport == "rtu":
             steps.append(([f"serial port {bus.name}"], functools.partial(serial_then_remember, bus)))
-    for bus in cfg.modbus:
+    for bus in cfg.modbus if devices else ():
         steps.append(([f"modbus {bus.name}/unit{d.unit_id}" for d in bus.devices],
                       functools.partial(devices_unless_port_failed, bus)))
     for feed in cfg.mqtt:

@@ -13,10 +13,23 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import check_config, demo, doctor, drain, emulator, keygen, outbox, run, scan, simulate, status
+from agent.cli import (
+    check_config,
+    demo,
+    doctor,
+    drain,
+    emulator,
+    keygen,
+    outbox,
+    run,
+    scan,
+    simulate,
+    status,
+    support_bundle,
+)
 from agent.errors import AgentError
 
-_GROUPS = (run, check_config, status, doctor, scan, outbox, drain, keygen, emulator, simulate, demo)
+_GROUPS = (run, check_config, status, doctor, scan, outbox, drain, support_bundle, keygen, emulator, simulate, demo)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

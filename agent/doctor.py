@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -28,6 +28,9 @@ from agent.clock import ClockGuard
 from agent.config import AgentConfig, ModbusBusConfig, MqttConfig, check_against_schema, load_config
 from agent.errors import AgentError, ConfigError, SchemaError
 from agent.records import Reading, RecordBuilder, Schema, load_schema
+
+if TYPE_CHECKING:
+    from agent.datacloud import TokenProvider
 
 __all__ = [
     "CheckResult", "check_clock", "check_config", "check_datacloud", "check_disk", "check_modbus_bus",
@@ -403,7 +406,35 @@ async def check_datacloud(cfg: AgentConfig, schema: Schema) -> list[CheckResult]
         else:
             results.append(_pass(name, f"/actions/test on {where} accepted a synthetic {dc.object_name} record "
                                        "(a dry run: nothing stored)"))
+        if cfg.fleet.interval_seconds > 0:
+            results.append(await _check_status_object(cfg, tokens, session))
         return results
+
+
+async def _check_status_object(cfg: AgentConfig, tokens: TokenProvider, session: aiohttp.ClientSession,
+                               ) -> CheckResult:
+    """The connector knows the gateway status object: one synthetic status record passes ``/actions/test``."""
+    from agent.datacloud import StreamingClient
+    from agent.fleet import STATUS_FIELDS, STATUS_OBJECT, StatusBuilder
+
+    dc = cfg.datacloud
+    name = "datacloud status record"
+    where = f"{dc.source_name}/{dc.status_endpoint_name}"
+    hint = (f"upload the schema file shipped with this version (it holds {STATUS_OBJECT}) to the connector and "
+            f"create a data stream on {STATUS_OBJECT}; until then the gateway's status records wait in the outbox")
+    try:
+        schema = await asyncio.to_thread(load_schema, dc.schema_path, STATUS_OBJECT, STATUS_FIELDS)
+    except SchemaError as exc:
+        return CheckResult(name, "WARN", f"no gateway status records: {exc.message}", hint)
+    record = StatusBuilder(schema, cfg.site.id, cfg.site.customer_id, __version__).sample(int(time.time() * 1000))
+    try:
+        report = await StreamingClient(tokens, session, dc.source_name, dc.status_endpoint_name).validate(
+            [record.payload])
+    except AgentError as exc:
+        return _fail(name, f"{where}: {exc.message}", hint)
+    if report:
+        return _fail(name, f"/actions/test on {where} refused a synthetic {STATUS_OBJECT} record: {report[0]}", hint)
+    return _pass(name, f"/actions/test on {where} accepted a synthetic {STATUS_OBJECT} record (a dry run)")
 
 
 def login_pair(cfg: AgentConfig) -> str:

@@ -106,6 +106,11 @@ def _datacloud_summary(cfg: AgentConfig) -> str:
     lines.append(f"Data Cloud records: connector {dc.source_name}, object endpoint {dc.endpoint_name} "
                  f"(datacloud.object_endpoint), checked against schema object {dc.object_name} "
                  "(datacloud.object_name).")
+    if cfg.fleet.interval_seconds > 0:
+        lines.append(f"Gateway status records: one every {cfg.fleet.interval_seconds:g}s ([fleet] interval_seconds) "
+                     f"to object endpoint {dc.status_endpoint_name} (datacloud.status_object_endpoint).")
+    else:
+        lines.append("Gateway status records: off ([fleet] interval_seconds = 0).")
     return "\n".join(lines)
 
 

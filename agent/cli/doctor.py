@@ -28,6 +28,8 @@ PASS, FAIL (with a "Try:" line) or WARN.
                       (under its own client id: the agent's session is left alone)
   datacloud login     a token is obtained (JWT bearer + a360 exchange)
   datacloud test      a synthetic record passes /actions/test (a dry run: nothing is stored)
+  datacloud status    with [fleet] reports on: a synthetic gateway status record passes too
+                      (the connector knows solar_gateway_status)
   clock               the system clock is synchronised (WARN when not)
   disk                free space vs outbox.min_free_bytes
   outbox              PRAGMA quick_check, read-only (fine while the agent runs)

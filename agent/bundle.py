@@ -54,9 +54,6 @@ __all__ = ["MAX_ROWS", "Bundle", "BundleOptions", "Scrubber", "build_bundle", "d
 
 MAX_ROWS: Final = 100
 JOURNAL_LINES: Final = 2000
-# The credentials directory systemd gives the running unit (LoadCredential=); the default when
-# $CREDENTIALS_DIRECTORY is not set, so that "credential:NAME" paths of the config resolve.
-UNIT_CREDENTIALS: Final = Path("/run/credentials/solar-agent.service")
 UNIT_FILES: Final = (Path("/etc/systemd/system/solar-agent.service"), Path("/lib/systemd/system/solar-agent.service"),
                      Path("/usr/lib/systemd/system/solar-agent.service"))
 DROP_IN_DIRS: Final = (Path("/etc/systemd/system/solar-agent.service.d"),
@@ -147,7 +144,8 @@ async def build_bundle(opts: BundleOptions, progress: Progress) -> Bundle:
     b = Bundle()
     config_path = resolve_config_path(opts.config)
     b.config_path = str(config_path)
-    creds = opts.credentials_dir or _credentials_dir()
+    # None: like every technician's command, $CREDENTIALS_DIRECTORY, else beside the config file.
+    creds = opts.credentials_dir
     cfg: AgentConfig | None = None
     try:
         cfg = await asyncio.to_thread(load_config, config_path, credentials_dir=creds)
@@ -182,11 +180,6 @@ async def build_bundle(opts: BundleOptions, progress: Progress) -> Bundle:
         progress("journal", "skipped (--no-journal)")
     b.entries = [Entry(e.name, b.scrub.text(e.data.decode("utf-8", "replace")).encode(), e.what) for e in b.entries]
     return b
-
-
-def _credentials_dir() -> Path:
-    env = os.environ.get("CREDENTIALS_DIRECTORY", "")
-    return Path(env) if env else UNIT_CREDENTIALS
 
 
 def _read_text(path: Path) -> str | None:
@@ -229,7 +222,7 @@ async def _status(b: Bundle, cfg: AgentConfig | None, socket_path: Path, progres
     progress("status", f"the agent is not running (nothing answers on {socket_path})")
 
 
-async def _doctor(b: Bundle, opts: BundleOptions, creds: Path, progress: Progress) -> None:
+async def _doctor(b: Bundle, opts: BundleOptions, creds: Path | None, progress: Progress) -> None:
     from agent.doctor import run_checks
 
     lines: list[str] = []

@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--socket", metavar="PATH", type=Path, default=None,
                    help="status socket (default: status.socket_path from the config)")
     p.add_argument("--credentials-directory", metavar="DIR", type=Path, default=None,
-                   help="where credential:NAME paths point (default: $CREDENTIALS_DIRECTORY, else "
-                        "/run/credentials/solar-agent.service, the running unit's)")
+                   help="where credential:NAME paths point (default: $CREDENTIALS_DIRECTORY, else the "
+                        "config file's directory, where the unit loads them from)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="give up on one doctor check after this long (default 10)")
     p.add_argument("--no-journal", action="store_true", help="leave the journal out")

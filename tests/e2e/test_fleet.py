@@ -86,7 +86,7 @@ async def test_an_outage_is_reported_interval_by_interval_when_the_link_is_back(
             assert r["delivery_lane"] == "retrying", r
             assert r["backlog_rows"] > 0, r
             assert r["stream_last_success"] is None or str(r["stream_last_success"]) < iso_ms(down_ms + 1000), r
-            assert r["devices_total"] == 2 and r["clock_state"] == "synced", r
+            assert r["devices_total"] >= 2 and r["clock_state"] == "synced", r
         backlogs = [r["backlog_rows"] for r in sorted(outage, key=lambda r: str(r["date_time"]))]
         assert backlogs == sorted(backlogs), "the backlog grows through the outage"
         assert sum(int(r["readings_new"]) for r in rows) > 0

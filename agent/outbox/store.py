@@ -94,6 +94,9 @@ _CHECKPOINT_MARGIN_BYTES: Final = 2 * 1000 * 4096
 _DISK_COST_OVERHEAD: Final = 16 * 4096
 
 
+_OLDEST_READING: Final = "SELECT enqueued_ms FROM events WHERE object IS NULL ORDER BY seq LIMIT 1"
+
+
 def _disk_cost(payload_bytes: int) -> int:
     return payload_bytes * _DISK_COST_FACTOR + _DISK_COST_OVERHEAD
 
@@ -1013,8 +1016,9 @@ class Outbox:
             f"SELECT count(*), total(bytes), count(lease_id) FROM events WHERE {cond}", args).fetchone()
         if obj is None:
             n, size, leased = t.rows - n, t.bytes - int(size), t.leased - leased
-            # "+seq": walk the table in seq order (the oldest reading is at or near its start).
-            row = conn.execute("SELECT enqueued_ms FROM events WHERE object IS NULL ORDER BY +seq LIMIT 1").fetchone()
+            # A walk of the table in seq order that stops at the first reading (at or near its start):
+            # events_object cannot serve "object IS NULL", and "ORDER BY seq" is the rowid order.
+            row = conn.execute(_OLDEST_READING).fetchone()
         else:
             row = conn.execute("SELECT enqueued_ms FROM events WHERE seq = "
                                "(SELECT min(seq) FROM events WHERE object = ?)", (obj,)).fetchone()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.config import OutboxConfig
 from agent.fleet import STATUS_FIELDS, STATUS_OBJECT, StatusBuilder, Tallies
-from agent.outbox import BulkJobRecord, ObjectQueue, Outbox
+from agent.outbox import BulkJobRecord, ObjectQueue, Outbox, store
 from agent.outbox import _schema as migrations
 from agent.records import EncodedRecord, load_schema
 from tests.outbox.conftest import Clock, make_records
@@ -109,6 +109,9 @@ async def test_a_status_lease_uses_the_partial_index_not_a_scan_of_the_readings(
             "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE object IS NULL AND lease_id IS NULL AND retry_at_ms <= ? "
             "ORDER BY seq LIMIT 10", (0,)))
         assert "events_lease" in plan, plan
+        # The readings' oldest row: a walk in rowid order that stops at the first one, never a sort.
+        plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + store._OLDEST_READING))
+        assert "TEMP B-TREE" not in plan, plan
     finally:
         conn.close()
 

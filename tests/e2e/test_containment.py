@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.emulator import Faults
 from agent.runtime import STOP_DEADLINE_SECONDS
 from agent.status import post_control
-from tests.peers.site import AgentProcess, Site, metric_value, outbox_meta
+from tests.peers.site import OPENDTU_SERIAL, AgentProcess, Site, iso_ms, metric_value, outbox_meta
 from tests.waiting import wait_for
 
 POISON = b'{"ENERGY":{"Power":' + b"9" * 5000 + b"}}"
@@ -80,12 +80,16 @@ async def test_a_poison_message_is_recorded_once_and_never_stops_the_site(tmp_pa
         await asyncio.to_thread(_publish, site.broker.port, "gen/dev1/tele", POISON)
         await wait_for(lambda: _rejected_rows(site.outbox_path), 15, "the poison message recorded")
 
-        # The rest of the site goes on: Modbus RTU and TCP and the OpenDTU feed keep landing.
-        landed = site.emu.store.count()
+        # The rest of the site goes on: Modbus RTU and TCP and the OpenDTU feed keep landing, each of them
+        # with readings taken after the poison message.
+        after = int(time.time()) * 1000        # whole seconds: an OpenDTU stamps its round in seconds
         await site.publish_cycle()
-        await wait_for(lambda: site.emu.store.count() > landed + 10, 20, "delivery after the poison message")
-        devices = {r.get("device_id") for r in site.emu.store.rows()}
-        assert {"SunSpecSim-SIM001001", "FloatSim-SIM002001"} <= devices
+        wanted = {"SunSpecSim-SIM001001", "FloatSim-SIM002001", OPENDTU_SERIAL}
+
+        def landed_after() -> set[str]:
+            return {str(r.get("device_id")) for r in site.emu.store.rows()
+                    if str(r.get("date_time") or "") >= iso_ms(after)}
+        await wait_for(lambda: wanted <= landed_after(), 30, f"readings of {sorted(wanted)} after the poison message")
         status = await agent.status()
         assert status and status["outbox"]["rejected_inputs"] == 1
         assert status["health"]["level"] != "failed", status["health"]

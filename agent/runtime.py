@@ -750,9 +750,9 @@ class Agent:
             components_failed=[(c.name, c.last_error) for c in sup.gave_up()],
             dead_letters_recent=self._recent_dead.count(now), dropped_recent=self._recent_dropped.count(now),
             held=stats.held if stats else 0,
-            schema_mismatch=run.drain.guard.mismatch or (
-                f"{STATUS_OBJECT}: {run.status_drain.guard.mismatch}"
-                if run.status_drain is not None and run.status_drain.guard.mismatch else ""),
+            schema_mismatch=run.drain.guard.mismatch,
+            status_schema_mismatch=(f"{STATUS_OBJECT}: {run.status_drain.guard.mismatch}"
+                                    if run.status_drain is not None and run.status_drain.guard.mismatch else ""),
         ), self.health_policy)
 
     def metrics_text(self) -> str:

@@ -159,6 +159,7 @@ class HealthInputs:
     dropped_recent: int = 0                      # readings dropped or refused by a full outbox, same window
     held: int = 0                                # readings held until the clock syncs
     schema_mismatch: str = ""                    # why Data Cloud refuses our records (delivery stopped)
+    status_schema_mismatch: str = ""             # same for the gateway status object (only its lanes stop)
 
 
 # Stable reason codes; the README (operations guide) explains each one to the technician.
@@ -175,8 +176,9 @@ READINGS_DROPPED = "readings_dropped"
 COMPONENT_RESTARTING = "component_restarting"
 COMPONENT_FAILED = "component_failed"
 SCHEMA_MISMATCH = "schema_mismatch"
-REASON_CODES = (SCHEMA_MISMATCH, DEVICE_SILENT, DEVICE_UNREACHABLE, DELIVERY_LAGGING, AUTH_FAILING, OUTBOX_NEARLY_FULL,
-                CLOCK_UNSYNCED, BROKER_DISCONNECTED, FEED_NO_READINGS, DEAD_LETTERS_RECENT, READINGS_DROPPED,
+FLEET_REPORTS_STOPPED = "fleet_reports_stopped"
+REASON_CODES = (SCHEMA_MISMATCH, FLEET_REPORTS_STOPPED, DEVICE_SILENT, DEVICE_UNREACHABLE, DELIVERY_LAGGING,
+                AUTH_FAILING, OUTBOX_NEARLY_FULL, CLOCK_UNSYNCED, BROKER_DISCONNECTED, FEED_NO_READINGS, DEAD_LETTERS_RECENT, READINGS_DROPPED,
                 COMPONENT_RESTARTING, COMPONENT_FAILED)
 # Reasons that need a technician before the agent can do its work again.
 FAILED_CODES = frozenset({AUTH_FAILING, COMPONENT_FAILED, SCHEMA_MISMATCH})
@@ -247,6 +249,11 @@ def evaluate_health(inputs: HealthInputs, policy: HealthPolicy = HealthPolicy())
         reasons.append(f"{SCHEMA_MISMATCH}: {inputs.schema_mismatch} (delivery stopped, every row kept) "
                        "hint=upload the schema file shipped with this version to the Ingestion API connector, "
                        "then `solar-agent drain --now`")
+    if inputs.status_schema_mismatch:
+        # Readings flow; only the gateway's own status records wait: worth a look, not a failure.
+        reasons.append(f"{FLEET_REPORTS_STOPPED}: {inputs.status_schema_mismatch} (the status records wait in the "
+                       "outbox; readings are delivered) hint=upload the schema file shipped with this version "
+                       "and create the data stream of solar_gateway_status")
     reasons += _device_reasons(inputs, policy)
     reasons += _feed_reasons(inputs, policy)
     if inputs.oldest_undelivered_ms is not None:

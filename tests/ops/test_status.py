@@ -277,6 +277,9 @@ def test_health_policy_table(inputs: HealthInputs, codes: list[str]) -> None:
     (_inputs(components_restarting=[("x", "")]), "degraded"),
     (_inputs(components_failed=[("x", "")], clock_synced=False), "failed"),
     (_inputs(auth_ok=False), "failed"),
+    (_inputs(schema_mismatch="#: extraneous key [x]"), "failed"),
+    # Only the gateway's own status records wait; readings flow: a look, not a failure.
+    (_inputs(status_schema_mismatch="solar_gateway_status: not found"), "degraded"),
 ])
 def test_health_levels(inputs: HealthInputs, level: str) -> None:
     assert evaluate_health(inputs).to_json()["level"] == level

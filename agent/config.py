@@ -47,6 +47,8 @@ STREAMING_BODY_LIMIT: Final = 200_000                      # Ingestion API: body
 MAX_BATCH_BYTES: Final = STREAMING_BODY_LIMIT - STREAMING_OVERHEAD  # records only, without {"data":[]}
 MAX_BULK_FILE_BYTES: Final = 150_000_000                   # Ingestion API: one bulk CSV file
 MAX_REQUESTS_PER_SECOND: Final = 250.0                     # per org, shared by the whole fleet
+# Beyond a minute, a power cut would lose more than a minute of every device's readings: a mistake, not a setting.
+MAX_COMMIT_INTERVAL_MS: Final = 60_000
 STANDARD_BAUDRATES: Final = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 
 
@@ -64,6 +66,9 @@ class OutboxConfig:
     max_bytes: int = 2_000_000_000
     min_free_bytes: int = 200_000_000
     when_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    # How long appends wait to share one commit: SD-card wear against the Modbus readings a power
+    # cut may lose (README, operations guide: "SD-card wear").
+    commit_interval_ms: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +416,10 @@ _RULES: dict[tuple[type, str], _Rule] = {
     (SiteConfig, "customer_id"): _NON_EMPTY,
     (OutboxConfig, "max_bytes"): _POSITIVE_INT,
     (OutboxConfig, "min_free_bytes"): _NON_NEGATIVE_INT,
+    (OutboxConfig, "commit_interval_ms"): _int_between(
+        0, MAX_COMMIT_INTERVAL_MS, f"a number of milliseconds 0-{MAX_COMMIT_INTERVAL_MS}",
+        "a power cut loses at most this much of the Modbus readings; 0 commits every poll at once "
+        "(most SD-card wear), 1000 is the default"),
     (ModbusDeviceConfig, "unit_id"): _int_between(1, 247, "a Modbus unit id 1-247",
                                                   "the inverter's Modbus address, set on its display"),
     (ModbusDeviceConfig, "base_address"): _int_between(0, 65535, "a register address 0-65535",

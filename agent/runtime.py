@@ -43,7 +43,7 @@ from agent.fleet import STATUS_FIELDS, STATUS_OBJECT, ReportState, StatusBuilder
 from agent.holdback import HoldBack
 from agent.metrics import AgentMetrics
 from agent.notify import Notifier, Watchdog, watchdog_interval
-from agent.outbox import ObjectQueue, Outbox, OutboxStats, ReleaseResult
+from agent.outbox import AppendResult, ObjectQueue, Outbox, OutboxStats, ReleaseResult
 from agent.records import (
     IDENTITY_FIELDS,
     EncodedRecord,
@@ -54,7 +54,13 @@ from agent.records import (
     format_time,
     load_schema,
 )
-from agent.sources import RejectedInput, Source, SupportsFeedHealth
+from agent.sources import (
+    RejectedInput,
+    Source,
+    SupportsBufferedEmit,
+    SupportsCommitRequest,
+    SupportsFeedHealth,
+)
 from agent.status import (
     DeviceCheck,
     FeedCheck,
@@ -305,11 +311,15 @@ class Agent:
         self._hard_exit = timer
 
     async def stop_sources(self) -> None:
-        """Stop reading devices (the drain goes on): the first step of a stop, and the demo's last phase."""
+        """Stop reading devices (the drain goes on): the first step of a stop, and the demo's last phase.
+
+        Returns once every reading the sources handed over is committed (buffered emits included).
+        """
         run = self._run
         if run is None:
             return
         await _cancel_and_wait(run.source_tasks, SOURCE_STOP_SECONDS)
+        await run.outbox.flush()
 
     @property
     def drain(self) -> Drain | None:
@@ -412,6 +422,8 @@ class Agent:
             for src in run.sources:
                 if isinstance(src, SupportsFeedHealth):
                     src.on_outcome = self._count_input
+                if isinstance(src, SupportsCommitRequest):
+                    src.request_commit = outbox.commit_soon
             self._run = run
             if self._status_enabled:
                 # Entered here: a socket in use or a bad listener fails the start with the config's own
@@ -430,7 +442,8 @@ class Agent:
         sup = run.supervisor
         async with asyncio.TaskGroup() as tg:
             for src in run.sources:
-                run.source_tasks.append(sup.start(tg, src.name, partial(src.run, self._emit, self._reject_input)))
+                emit = self._emit_buffered if isinstance(src, SupportsBufferedEmit) else self._emit
+                run.source_tasks.append(sup.start(tg, src.name, partial(src.run, emit, self._reject_input)))
             # The drain beats from its loop (also while idle); a hung event loop stops the beats and
             # systemd's watchdog restarts us. Sources do not beat: a dead inverter is not a hang.
             self.watchdog.register("drain")
@@ -512,6 +525,48 @@ class Agent:
 
     # -- the emit path ------------------------------------------------------------------------------
     async def _emit(self, readings: Sequence[Reading]) -> None:
+        """Commit readings; returns after the commit (a source that acknowledges its peer needs that)."""
+        committed = await self._queue(readings)
+        if committed is None:
+            return
+        try:
+            # Shielded: a source stopped while it waits must not lose the accounting of its commit.
+            await asyncio.shield(committed)
+        except OutboxFullError:
+            return          # refused and counted (_commit_done); the source may ack: nothing was stored
+
+    async def _emit_buffered(self, readings: Sequence[Reading]) -> None:
+        """Queue readings for the next group commit and return without waiting for it.
+
+        For sources with nothing to acknowledge (Modbus polls): a power cut before the commit loses
+        at most ``outbox.commit_interval_ms`` of their readings, and a poll loop is never held up
+        by a commit. A fatal outbox error still reaches the source: the next emit raises it.
+        """
+        await self._queue(readings)
+
+    async def _queue(self, readings: Sequence[Reading]) -> asyncio.Future[AppendResult] | None:
+        """Admit and encode readings, queue them for the next group commit (within commit_interval_ms)."""
+        run, source, encoded = await self._admit(readings)
+        if run is None:
+            return None
+        committed = run.outbox.enqueue(encoded)
+        committed.add_done_callback(partial(self._commit_done, run, source, encoded))
+        return committed
+
+    def _commit_done(self, run: _Run, source: str, encoded: list[EncodedRecord],
+                     fut: asyncio.Future[AppendResult]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if isinstance(exc, OutboxFullError):
+            self._refused_full(run, len(encoded), exc)
+        elif exc is None:
+            self._committed(run, source, encoded, fut.result())
+        # Anything else is the outbox's fatal error: logged where it happened, raised to a waiting
+        # source, and to a buffered one by its next emit (Outbox refuses every call once it failed).
+
+    async def _admit(self, readings: Sequence[Reading]) -> tuple[_Run | None, str, list[EncodedRecord]]:
+        """Hold back untrusted times, encode the rest; (None, ...) when nothing is left to append."""
         run = self._run
         if run is None:
             raise asyncio.CancelledError
@@ -523,7 +578,7 @@ class Agent:
             readings, held = await run.holdback.admit(readings)
         except OutboxFullError as exc:
             self._refused_full(run, len(readings), exc)
-            return
+            return None, source, encoded
         if held:
             self.metrics.received_events_total.inc(held, source=source)
         for reading in readings:
@@ -533,13 +588,9 @@ class Agent:
                 self.metrics.events_discarded_total.inc(reason="bad_record")
                 log.warning("record: dropped a reading of device=%s: %s", reading.device_id,
                             exc if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}")
-        if not encoded:
-            return
-        try:
-            result = await run.outbox.append(encoded)
-        except OutboxFullError as exc:
-            self._refused_full(run, len(encoded), exc)
-            return
+        return (run if encoded else None), source, encoded
+
+    def _committed(self, run: _Run, source: str, encoded: list[EncodedRecord], result: AppendResult) -> None:
         self.metrics.received_events_total.inc(result.appended, source=source)
         if result.dropped:
             self.metrics.events_discarded_total.inc(result.dropped, reason="outbox_full")

@@ -4,6 +4,8 @@ Contract (see design.md "Durability"):
 
 * ``append`` returns only after the transaction holding the records has committed with the
   configured ``synchronous`` level. Concurrent appends share one transaction (group commit).
+  ``enqueue`` queues records for a commit that waits up to ``commit_interval_ms`` for more (fewer
+  commits: less SD-card wear); its future settles when that commit is made.
   Appending an ``event_id`` that is already queued replaces nothing and is not an error: the
   first copy stays (a redelivered MQTT message is idempotent).
 * ``lease`` hands out queued rows that are not leased and whose retry time has come, oldest first,

@@ -1,10 +1,21 @@
 """The one thread that owns the SQLite connection, fed by a queue; the event loop awaits futures.
 
-Contract: operations run one at a time, in submission order, on the writer thread; nothing else
-ever touches the connection. Grouped operations (appends) that are waiting together are handed to
-the group handler in one call, so they share one transaction (group commit). A result or an
-exception is delivered to the caller's future with ``loop.call_soon_threadsafe``; the loop never
-blocks on SQLite.
+Contract: operations run one at a time on the writer thread; nothing else ever touches the
+connection. Grouped operations (appends) are handed to the group handler together, so they share
+one transaction (group commit):
+
+* An urgent item (``call_grouped(..., urgent=True)``), or any item when ``linger_seconds == 0``:
+  everything in submission order. The group takes the grouped items waiting with it and commits
+  before any later operation runs.
+* Otherwise the group also waits for items still to come (it lingers), and commits when its first
+  item has waited ``linger_seconds``, when it reaches ``_MAX_GROUP`` items, when ``commit_soon``
+  asks for it, or before a barrier operation (``call(..., barrier=True)``, and the stop). Other
+  operations run as they arrive, while the group waits: no caller can tell, because an item's
+  caller has not been answered before its commit. This is what spares an SD card: one commit
+  (its WAL frames, its fsync) per ``linger_seconds`` instead of one per source and poll.
+
+A result or an exception is delivered to the caller's future with ``loop.call_soon_threadsafe``;
+the loop never blocks on SQLite.
 """
 
 from __future__ import annotations
@@ -13,29 +24,37 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
-# How many waiting operations one wake-up takes: bounds the latency a long group adds to a read.
-_MAX_DRAIN = 4096
+# How many grouped items one transaction takes: bounds the latency a long group adds to a read,
+# and the memory a lingering group holds (a flood of MQTT messages commits early).
+_MAX_GROUP: Final = 4096
 
 _T = TypeVar("_T")
 
 
 class _Op:
-    __slots__ = ("fn", "fut", "item", "loop")
+    __slots__ = ("barrier", "fn", "fut", "item", "loop")    # barrier: on a grouped item, "urgent"
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        fut: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop | None,
+        fut: asyncio.Future[Any] | None,
         fn: Callable[[], Any] | None,
         item: Any = None,
+        barrier: bool = False,
     ) -> None:
         self.loop = loop
         self.fut = fut
-        self.fn = fn          # None: a grouped item
+        self.fn = fn          # None: a grouped item (or, without a future, a commit_soon marker)
         self.item = item
+        self.barrier = barrier
+
+
+# Queued by commit_soon: commit the waiting group now.
+_COMMIT_SOON: Final = _Op(None, None, None)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -54,29 +73,43 @@ class WriterThread:
         name: thread name (shows in py-spy and in thread dumps).
         group_handler: called on the thread with the items of every waiting grouped operation;
             returns one result or exception per item, in order.
+        linger_seconds: how long a group may wait for more items before it commits (see the
+            module docstring); 0 commits what is waiting at once.
     """
 
-    def __init__(self, name: str, group_handler: Callable[[Sequence[Any]], list[Any]]) -> None:
+    def __init__(self, name: str, group_handler: Callable[[Sequence[Any]], list[Any]],
+                 linger_seconds: float = 0.0) -> None:
         self._q: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._group = group_handler
+        self._group_handler = group_handler
+        self._linger = max(0.0, linger_seconds)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def call(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
-        """Run ``fn()`` on the writer thread; the future holds its result or exception."""
+    def call(self, fn: Callable[[], _T], *, barrier: bool = False) -> asyncio.Future[_T]:
+        """Run ``fn()`` on the writer thread; the future holds its result or exception.
+
+        ``barrier``: commit the waiting group first (closing the connection must not strand it).
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_T] = loop.create_future()
-        self._q.put(_Op(loop, fut, fn))
+        self._q.put(_Op(loop, fut, fn, barrier=barrier))
         return fut
 
-    def call_grouped(self, item: Any) -> asyncio.Future[Any]:
-        """Queue ``item`` for the group handler; it shares a call with every item waiting with it."""
+    def call_grouped(self, item: Any, *, urgent: bool = False) -> asyncio.Future[Any]:
+        """Queue ``item`` for the group handler; it shares a call with the items grouped with it.
+
+        ``urgent``: commit the group as soon as it holds the items already waiting (no linger).
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._q.put(_Op(loop, fut, None, item))
+        self._q.put(_Op(loop, fut, None, item, barrier=urgent))
         return fut
+
+    def commit_soon(self) -> None:
+        """Commit the waiting group without waiting for the rest of its linger (thread-safe)."""
+        self._q.put(_COMMIT_SOON)
 
     def stop(self) -> None:
         """Ask the thread to finish after the operations already queued (does not wait)."""
@@ -86,48 +119,58 @@ class WriterThread:
         self._thread.join()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._q.get()
-            ops: list[_Op] = []
-            if first is None:
-                stopping = True
+        group: list[_Op] = []
+        deadline = 0.0
+        urgent = False                           # the group commits once it took what is waiting
+        while True:
+            op = self._next(group, deadline)
+            if op is None:                       # stop: what is waiting still commits
+                self._commit(group)
+                return
+            if op is _COMMIT_SOON:
+                self._commit(group)
+            elif op.fn is None:
+                if not group:
+                    deadline = time.monotonic() + self._linger
+                    urgent = self._linger == 0
+                urgent = urgent or op.barrier
+                group.append(op)
+                if len(group) >= _MAX_GROUP:
+                    self._commit(group)
             else:
-                ops.append(first)
-                # Take everything already waiting: appends among them commit together.
-                while len(ops) < _MAX_DRAIN:
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stopping = True
-                        break
-                    ops.append(nxt)
-            self._execute(ops)
-
-    def _execute(self, ops: list[_Op]) -> None:
-        grouped = [op for op in ops if op.fn is None]
-        group_done = False
-        for op in ops:
-            if op.fn is not None:
+                if op.barrier or urgent:
+                    self._commit(group)          # in submission order
                 self._deliver(op, *_invoke(op.fn))
-            elif not group_done:
-                # The group runs where its first member was queued; later members join it early,
-                # which no caller can observe (they were all waiting at the same time).
-                group_done = True
-                try:
-                    results = self._group([g.item for g in grouped])
-                except BaseException as exc:
-                    results = [exc] * len(grouped)
-                for g, r in zip(grouped, results, strict=True):
-                    if isinstance(r, BaseException):
-                        self._deliver(g, None, r)
-                    else:
-                        self._deliver(g, r, None)
+            if group and (self._q.empty() if urgent else time.monotonic() >= deadline):
+                self._commit(group)
+
+    def _next(self, group: list[_Op], deadline: float) -> _Op | None:
+        """The next operation; a lingering group's commit when its time comes first."""
+        if not group:
+            return self._q.get()
+        wait = deadline - time.monotonic()
+        try:
+            return self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
+        except queue.Empty:
+            return _COMMIT_SOON
+
+    def _commit(self, group: list[_Op]) -> None:
+        if not group:
+            return
+        try:
+            results = self._group_handler([g.item for g in group])
+        except BaseException as exc:
+            results = [exc] * len(group)
+        for g, r in zip(group, results, strict=True):
+            if isinstance(r, BaseException):
+                self._deliver(g, None, r)
+            else:
+                self._deliver(g, r, None)
+        group.clear()
 
     @staticmethod
     def _deliver(op: _Op, result: Any, exc: BaseException | None) -> None:
+        assert op.loop is not None and op.fut is not None
         # RuntimeError: the loop is closed, nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             op.loop.call_soon_threadsafe(_settle, op.fut, result, exc)

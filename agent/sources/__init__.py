@@ -1,7 +1,9 @@
 """Sources turn devices into readings. They know nothing of the outbox or Data Cloud.
 
 A source gets two callables. ``await emit(readings)`` returns only after the readings are
-committed to the outbox (or counted as bad input). ``await reject(item)`` returns only after an
+committed to the outbox (or counted as bad input), except for a source that declares
+``SupportsBufferedEmit``: its emit returns once they are queued for the next group commit
+(within ``outbox.commit_interval_ms``). ``await reject(item)`` returns only after an
 input that cannot become readings (a poison MQTT message) is recorded durably in the outbox's
 ``rejected_inputs`` table. Only after one of the two may a source acknowledge its peer (MQTT
 PUBACK), so a broker never loses a message and never redelivers a poison one in a loop. Both
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from agent.records import PAYLOAD_HEAD_BYTES, Reading, RejectedInput
 
@@ -26,7 +28,7 @@ Emit = Callable[[Sequence[Reading]], Awaitable[None]]
 Reject = Callable[[RejectedInput], Awaitable[None]]
 
 __all__ = ["PAYLOAD_HEAD_BYTES", "DeviceHealth", "Emit", "FeedHealth", "Reject", "RejectedInput", "Source",
-           "SupportsFeedHealth"]
+           "SupportsBufferedEmit", "SupportsCommitRequest", "SupportsFeedHealth"]
 
 
 @dataclass(slots=True)
@@ -69,6 +71,24 @@ class SupportsFeedHealth(Protocol):
     on_outcome: Callable[[str, str], None] | None
 
     def feed_health(self) -> FeedHealth: ...
+
+
+@runtime_checkable
+class SupportsBufferedEmit(Protocol):
+    """Optional capability of a source with nothing to acknowledge (Modbus polls): its ``emit`` may
+    return before the commit. A power cut then loses at most ``outbox.commit_interval_ms`` of its
+    readings, and its poll timing never waits for a commit. Never for a source that acks its peer."""
+
+    buffered_emit: Literal[True]
+
+
+@runtime_checkable
+class SupportsCommitRequest(Protocol):
+    """Optional capability of a source whose acks wait for commits (MQTT): the agent sets
+    ``request_commit`` to a callable that makes the outbox commit the waiting appends now instead
+    of at the end of ``outbox.commit_interval_ms``, for when the peer stops sending until it gets acks."""
+
+    request_commit: Callable[[], None] | None
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -120,6 +121,9 @@ class ModbusSource:
         now_ms: wall clock for reading times (epoch ms); injectable for tests.
         backoff_max_seconds: cap of a failing device's retry period (and of bus reconnects).
     """
+
+    # A poll has no peer to acknowledge: the next commit may come after emit returns (SupportsBufferedEmit).
+    buffered_emit: Final = True
 
     def __init__(self, config: ModbusBusConfig, *, now_ms: Callable[[], int] = _wall_ms,
                  backoff_max_seconds: float = 300.0) -> None:

@@ -2,7 +2,13 @@
 
 paho-mqtt 2.x runs its own network thread (``loop_start``); its callbacks only hand events to the
 event loop (``call_soon_threadsafe`` into an ``asyncio.Queue``), and everything else - decoding,
-``await emit``, acks - happens in ``run`` on the event loop, one message at a time.
+``emit``, acks - happens in ``run`` on the event loop. Messages are decoded one at a time, in
+order; their commits are pipelined: each ``emit`` runs as its own task, so the next messages are
+decoded while the outbox gathers one group commit (up to ``outbox.commit_interval_ms``), and the
+acks go out in receive order as the commits land. When the messages awaiting an ack approach the
+broker's window (MQTT 5 receive maximum, or mosquitto's 3.1.1 default), the source asks for the
+commit at once (``request_commit``): a broker stops sending at a full window, and a feed must never
+be throttled to one window per commit interval.
 
 Durability. The client uses ``manual_ack=True``, a fixed client id and a persistent session
 (MQTT 5: clean_start=False + session expiry; 3.1.1: clean_session=False). A message is acked
@@ -26,6 +32,7 @@ Read-only. The only publish is the Victron ``R/<portal>/keepalive``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -33,7 +40,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -54,6 +61,10 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_SECONDS: Final = 7 * 24 * 3600   # a week-long outage of the agent still gets its queue
 RECEIVE_MAXIMUM: Final = 100                     # unacked QoS 1 messages the broker may have in flight
+# MQTT 3.1.1 has no receive maximum: the broker's own limit applies. mosquitto's max_inflight_messages
+# defaults to 20 (mosquitto.conf(5), "max_inflight_messages"); a broker allowing more only gets
+# earlier commits from us.
+LEGACY_INFLIGHT_WINDOW: Final = 20
 TICK_SECONDS: Final = 1.0
 ERROR_LOG_INTERVAL_MS: Final = 60_000            # one malformed-payload line per device per minute
 READING = "reading"                              # the outcome of a message that fed a reading
@@ -85,6 +96,16 @@ class _Down:
 
 
 _Event = _Msg | _Conn | _Down
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Readings on their way to a commit, and the acks that wait for it (in receive order)."""
+
+    gen: int                                   # the connection the acks belong to
+    tags: list[Hashable]
+    readings: list[Reading] = field(default_factory=list)
+    committed: bool = False
 
 
 def parse_url(url: str, where: str = "mqtt.url") -> tuple[str, int, bool]:
@@ -147,6 +168,12 @@ class MqttSource:
         self.malformed_total = 0
         self.acked_total = 0
         self.received_total = 0
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._unacked = 0             # QoS 1 messages of this connection received and not acked yet
+        self._window = RECEIVE_MAXIMUM if protocol == 5 else LEGACY_INFLIGHT_WINDOW
+        self._landed = asyncio.Event()    # set whenever a commit landed and its acks went out
+        # Set by the agent (SupportsCommitRequest): commit the waiting appends now.
+        self.request_commit: Callable[[], None] | None = None
         # Called with (source, outcome) for every message: the agent's metrics counter.
         self.on_outcome: Callable[[str, str], None] | None = None
 
@@ -174,7 +201,7 @@ class MqttSource:
             async with asyncio.TaskGroup() as tg:
                 if self.cfg.profile == "victron":
                     tg.create_task(self._keepalive(client), name=f"agent[{self.name}].keepalive")
-                await self._consume(queue, client, emit, reject)
+                await self._consume(queue, client, emit, reject, tg)
         finally:
             self.connected = False
             client.disconnect()
@@ -239,7 +266,7 @@ class MqttSource:
 
     # -- the event loop side --------------------------------------------------------------------
     async def _consume(self, queue: asyncio.Queue[_Event], client: paho.Client, emit: Emit,
-                       reject: Reject | None) -> None:
+                       reject: Reject | None, tg: asyncio.TaskGroup) -> None:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self.tick_seconds
         while True:
@@ -248,14 +275,14 @@ class MqttSource:
             except TimeoutError:
                 item = None
             if isinstance(item, _Msg):
-                await self._message(item, client, emit, reject)
+                await self._message(item, client, emit, reject, tg)
             elif isinstance(item, _Conn):
                 self._connected(item, client)
             elif isinstance(item, _Down):
                 self._down(item)
             if loop.time() >= next_tick:
                 next_tick = loop.time() + self.tick_seconds
-                await self._commit(self._tick(), client, emit)
+                await self._commit(self._tick(), client, emit, tg)
 
     def _tick(self) -> list[Reading]:
         now = _now_ms()
@@ -275,6 +302,7 @@ class MqttSource:
             return
         self._gen = ev.gen
         self._decoder.reset()                    # the broker redelivers whatever we held unacked
+        self._unacked = 0                        # ... and whatever is still on its way to a commit
         self.connected = True
         self._ever_connected = True
         self.connects += 1
@@ -307,10 +335,13 @@ class MqttSource:
                         self.name, self.cfg.url, ev.reason)
         self.connected = False
 
-    async def _message(self, msg: _Msg, client: paho.Client, emit: Emit, reject: Reject | None) -> None:
+    async def _message(self, msg: _Msg, client: paho.Client, emit: Emit, reject: Reject | None,
+                       tg: asyncio.TaskGroup) -> None:
         if msg.gen != self._gen:
             return          # from a connection that is gone: unacked, so the broker redelivers it
         self.received_total += 1
+        if msg.qos > 0:
+            self._unacked += 1
         tag: Hashable | None = (msg.mid, msg.qos) if msg.qos > 0 else None
         now = _now_ms()
         self._last_message_ms = now
@@ -343,27 +374,61 @@ class MqttSource:
             self.on_outcome(self.name, outcome)
         if rejected is not None and reject is not None:
             await reject(rejected)      # durable before the ack below
-        await self._commit(readings, client, emit)
+        await self._commit(readings, client, emit, tg)
 
     def _rejected(self, msg: _Msg, reason: str, detail: str, now_ms: int) -> RejectedInput:
         return RejectedInput(self.name, msg.topic[:1000], reason, detail, msg.payload[:PAYLOAD_HEAD_BYTES],
                              len(msg.payload), now_ms, redelivered=msg.dup)
 
-    async def _commit(self, readings: list[Reading], client: paho.Client, emit: Emit) -> None:
-        # Take the tags before awaiting: they belong to exactly the readings committed below.
-        tags = self._decoder.release()
+    async def _commit(self, readings: list[Reading], client: paho.Client, emit: Emit, tg: asyncio.TaskGroup) -> None:
+        """Start committing ``readings``; the messages behind them are acked when it lands (``_settle``)."""
+        # Take the tags before anything else: they belong to exactly the readings committed below.
+        pending = _Pending(self._gen, self._decoder.release(), readings)
+        if not pending.tags and not readings:
+            return
+        self._pending.append(pending)
         if readings:
-            await emit(readings)
-            for r in readings:
+            tg.create_task(self._committing(pending, client, emit), name=f"agent[{self.name}].commit")
+        else:
+            pending.committed = True          # nothing to commit: acked in turn, after the earlier ones
+            self._settle(client)
+        if self._unacked >= self._window * 3 // 4 and self.request_commit is not None:
+            # The broker is about to stop sending until it gets acks: do not let them wait out the
+            # commit interval (the last quarter of the window keeps messages coming meanwhile).
+            self.request_commit()
+        while len(self._pending) > self._window:
+            # More commits in flight than the broker can have messages unacked (ticks give readings
+            # without messages): wait for the oldest to land instead of piling up tasks.
+            if self.request_commit is not None:
+                self.request_commit()
+            self._landed.clear()
+            await self._landed.wait()
+
+    async def _committing(self, pending: _Pending, client: paho.Client, emit: Emit) -> None:
+        # An exception (the outbox failed) ends the source through its TaskGroup: nothing is acked.
+        await emit(pending.readings)
+        pending.committed = True
+        self._settle(client)
+
+    def _settle(self, client: paho.Client) -> None:
+        """Ack the messages behind every commit that has landed, oldest first, up to the first that has not."""
+        while self._pending and self._pending[0].committed:
+            done = self._pending.popleft()
+            self._landed.set()
+            for r in done.readings:
                 h = self._device(r.device_id)
                 h.readings_total += 1
                 h.last_reading_ms = r.time_ms
                 h.consecutive_failures = 0
                 h.state = "ok"
-        for tag in tags:
-            mid, qos = _ack_key(tag)
-            client.ack(mid, qos)
-            self.acked_total += 1
+            if done.gen != self._gen:
+                continue        # its connection is gone: the broker redelivers those messages
+            for tag in done.tags:
+                mid, qos = _ack_key(tag)
+                client.ack(mid, qos)
+                self.acked_total += 1
+                if qos > 0:
+                    self._unacked -= 1
 
     def _malformed(self, topic: str, message: str, hint: str | None, now_ms: int, kind: str = MALFORMED) -> None:
         self.malformed_total += 1

@@ -30,7 +30,7 @@ async def _child(url: str, out: str, mode: str) -> None:
 
     cfg = MqttConfig(name="ack", url=url, profile="generic", topics=("ack/+/telemetry",),
                      fields=(("ac_power_w", "W"),), time_path="ts", client_id="ack-crash-test")
-    commits = 0
+    started = 0
 
     def append(lines: list[str]) -> None:
         with open(out, "a", encoding="utf-8") as f:
@@ -39,14 +39,15 @@ async def _child(url: str, out: str, mode: str) -> None:
             os.fsync(f.fileno())
 
     async def emit(readings: object) -> None:
-        nonlocal commits
-        if mode == "block" and commits >= COMMIT_BEFORE_BLOCK:
+        # Counted on entry: the source pipelines its commits, so several emits run at once.
+        nonlocal started
+        started += 1
+        if mode == "block" and started > COMMIT_BEFORE_BLOCK:
             await asyncio.to_thread(append, [])
             Path(out + ".blocked").touch()
             await asyncio.Event().wait()         # received, never committed: SIGKILL lands here
         lines = [json.dumps({"device_id": r.device_id, "time_ms": r.time_ms}) + "\n" for r in readings]  # type: ignore[attr-defined]
         await asyncio.to_thread(append, lines)
-        commits += 1
 
     await MqttSource(cfg, "site").run(emit)
 

@@ -5,10 +5,13 @@ Contract (the package docstring has the whole of it):
 * Every method that writes runs in an explicit ``BEGIN IMMEDIATE`` transaction on the writer
   thread. ``append``, ``ack``, ``reject``, ``requeue_dead_letters`` and ``save_job`` return after
   a COMMIT made with the configured ``synchronous`` level (FULL by default).
-* Leases are soft state: ``lease``, ``lease_bulk`` and ``nack`` commit with ``synchronous=NORMAL``.
-  In WAL mode that keeps the file consistent; a power cut may only forget the lease (the rows go
-  back to the queue, which ``open`` does for every crash leftover anyway), and the next durable
-  commit syncs the WAL up to and including it. This saves one fsync per delivered batch.
+* Leases are soft state. A stream lease (``lease``) lives only in a TEMP table of the writer's
+  connection (``soft_leases``, in memory): it writes nothing to the file, where marking the rows
+  rewrote every page holding them (about the payload's size again in WAL frames, per delivered
+  batch: SD-card wear). ``lease_bulk`` and ``nack`` commit with ``synchronous=NORMAL``. Either way
+  a power cut may only forget the lease (the rows go back to the queue, which ``open`` does for
+  every crash leftover anyway); in WAL mode the file stays consistent, and the next durable commit
+  syncs the WAL up to and including it.
 * ``open`` releases every lease left by a crash, except the rows of a bulk job recorded in
   ``bulk_jobs`` in a non-terminal state: the bulk lane resumes that job and acks or nacks them.
 * Running totals live in the one-row ``meta`` table, updated in the same transactions, so
@@ -99,6 +102,10 @@ _DISK_COST_OVERHEAD: Final = 16 * 4096
 
 
 _OLDEST_READING: Final = "SELECT enqueued_ms FROM events WHERE object IS NULL ORDER BY seq LIMIT 1"
+# Rows no lease holds: neither a bulk lease (in the row) nor a stream lease (in the TEMP table).
+_UNLEASED: Final = "lease_id IS NULL AND seq NOT IN (SELECT seq FROM soft_leases)"
+_SOFT_LEASE: Final = "seq IN (SELECT seq FROM soft_leases WHERE lease_id = ?)"
+_SOFT_LEASED: Final = "seq IN (SELECT seq FROM soft_leases)"
 
 
 def _disk_cost(payload_bytes: int) -> int:
@@ -166,6 +173,7 @@ class Outbox:
         self._drop_logged_ms: int | None = None
         self.commits = 0              # every COMMIT (exposed for tests and metrics)
         self.append_commits = 0       # COMMITs of append groups: fewer than append calls under load
+        self._soft: set[int] = set()  # open stream leases (their rows are in the soft_leases TEMP table)
         self.corrupt_moved_to: Path | None = None   # set by open() when it moved a damaged file aside
         self.salvaged_rows = 0
 
@@ -251,6 +259,15 @@ class Outbox:
         """Commit what ``enqueue`` has queued now; returns after that commit (a stop's first step)."""
         writer = self._require_open()
         await writer.call(lambda: None, barrier=True)
+
+    async def checkpoint(self) -> None:
+        """Commit what is queued and move the whole WAL into the main file (a measurement's edge)."""
+        writer = self._require_open()
+        await writer.call(functools.partial(self._guarded, self._t_checkpoint), barrier=True)
+
+    def _t_checkpoint(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def commit_soon(self) -> None:
         """Commit the appends waiting for ``commit_interval_ms`` now (an MQTT feed's ack window is full)."""
@@ -510,6 +527,11 @@ class Outbox:
             "SELECT count(*), coalesce(sum(length(reading)), 0) FROM held").fetchone()
         self._t.rejected = conn.execute("SELECT count(*) FROM rejected_inputs").fetchone()[0]
         self._t_release_leftovers()
+        # Stream leases: in memory, on this connection only (see the module docstring).
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("CREATE TEMP TABLE soft_leases (seq INTEGER PRIMARY KEY, lease_id INTEGER NOT NULL)")
+        conn.execute("CREATE INDEX temp.soft_leases_lease ON soft_leases (lease_id)")
+        self._soft.clear()
 
     def _t_lock(self) -> None:
         lock_path = self._path.with_name(self._path.name + ".lock")
@@ -736,7 +758,7 @@ class Outbox:
                         self._path, why, incoming_rows, self._t.bytes, hint_full)
             raise OutboxFullError(f"outbox {self._path} is full ({why})", hint=hint_full)
         freed, last = 0, None
-        cur = conn.execute("SELECT seq, bytes FROM events WHERE lease_id IS NULL ORDER BY seq")
+        cur = conn.execute(f"SELECT seq, bytes FROM events WHERE {_UNLEASED} ORDER BY seq")
         for seq, b in cur:
             freed += b
             last = seq
@@ -751,7 +773,7 @@ class Outbox:
                 f"outbox {self._path} is full ({why}): dropping every row that is not leased would free "
                 f"{freed} bytes, {deficit} are needed; nothing of this append was stored", hint=hint_full
             )
-        conn.execute("DELETE FROM events WHERE lease_id IS NULL AND seq <= ?", (last,))
+        conn.execute(f"DELETE FROM events WHERE {_UNLEASED} AND seq <= ?", (last,))
         n = conn.execute("SELECT changes()").fetchone()[0]
         self._t.rows -= n
         self._t.bytes -= freed
@@ -774,7 +796,7 @@ class Outbox:
     def _ready(self, older_than_ms: int | None, obj: str | None = None) -> tuple[str, tuple[int | str, ...]]:
         # Readings (object IS NULL) go by events_lease; another object by its partial index events_object.
         where, params = ("object IS NULL AND ", ()) if obj is None else ("object = ? AND ", (obj,))
-        where += "lease_id IS NULL AND retry_at_ms <= ?"
+        where += f"{_UNLEASED} AND retry_at_ms <= ?"
         if older_than_ms is None:
             return where, (*params, self._now_ms())
         return where + " AND enqueued_ms < ?", (*params, self._now_ms(), older_than_ms)
@@ -784,6 +806,8 @@ class Outbox:
         if max_records < 1:
             raise OutboxError(f"lease: max_records must be >= 1 (got {max_records})")
         where, params = self._ready(older_than_ms, obj)
+        # The rows stay as they are: the lease goes to the TEMP table; of the file, only the totals
+        # row changes (readers of the file see the leased count).
         with self._tx(durable=False) as conn:
             cur = conn.execute(
                 f"SELECT seq, event_id, payload, enqueued_ms, attempts, retry_at_ms FROM events "
@@ -803,9 +827,10 @@ class Outbox:
                 return None
             lease_id = self._t.next_lease_id
             self._t.next_lease_id += 1
-            conn.execute(f"UPDATE events SET lease_id = ? WHERE {where} AND seq <= ?",
-                         (lease_id, *params, picked[-1][0]))
+            conn.executemany("INSERT INTO soft_leases (seq, lease_id) VALUES (?, ?)",
+                             [(row[0], lease_id) for row in picked])
             self._t.leased += len(picked)
+        self._soft.add(lease_id)
         rows = tuple(LeasedRow(s, e, p, q, a, lease_id, r, obj) for s, e, p, q, a, r in picked)
         return Lease(lease_id, rows, len(rows), total)
 
@@ -855,6 +880,7 @@ class Outbox:
                     self._t.bytes -= int(b)
                     self._t.leased -= n
                     done += n
+            self._t_forget_soft(conn, lease_id, ids)
         return done
 
     def _t_nack(self, lease_id: int, retry_at_ms: int, ids: list[str] | None) -> int:
@@ -867,23 +893,42 @@ class Outbox:
                 )
                 done += conn.execute("SELECT changes()").fetchone()[0]
             self._t.leased -= done
+            self._t_forget_soft(conn, lease_id, ids)
         return done
 
-    @staticmethod
-    def _in_lease(lease_id: int, ids: list[str] | None) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    def _t_forget_soft(self, conn: sqlite3.Connection, lease_id: int, ids: list[str] | None) -> None:
+        """Drop a stream lease's rows that were acked or nacked (all of them when ``ids`` is None)."""
+        if lease_id not in self._soft:
+            return
         if ids is None:
-            yield "lease_id = ?", (lease_id,)
+            conn.execute("DELETE FROM soft_leases WHERE lease_id = ?", (lease_id,))
+        else:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    "DELETE FROM soft_leases WHERE lease_id = ? AND seq IN "
+                    f"(SELECT seq FROM events WHERE event_id IN ({_marks(len(chunk))}))", (lease_id, *chunk))
+            # Acked rows are gone from events, so their event ids no longer find them: drop by absence.
+            conn.execute("DELETE FROM soft_leases WHERE lease_id = ? AND seq NOT IN (SELECT seq FROM events)",
+                         (lease_id,))
+        if conn.execute("SELECT 1 FROM soft_leases WHERE lease_id = ? LIMIT 1", (lease_id,)).fetchone() is None:
+            self._soft.discard(lease_id)
+
+    def _in_lease(self, lease_id: int, ids: list[str] | None) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        base = _SOFT_LEASE if lease_id in self._soft else "lease_id = ?"
+        if ids is None:
+            yield base, (lease_id,)
             return
         for chunk in _chunks(ids):
-            yield f"lease_id = ? AND event_id IN ({_marks(len(chunk))})", (lease_id, *chunk)
+            yield f"{base} AND event_id IN ({_marks(len(chunk))})", (lease_id, *chunk)
 
     def _t_reject(self, lease_id: int, reasons: dict[str, str]) -> int:
         now = self._now_ms()
         done = 0
         with self._tx() as conn:
             for eid, reason in reasons.items():
+                base = _SOFT_LEASE if lease_id in self._soft else "lease_id = ?"
                 row = conn.execute(
-                    "SELECT bytes, payload, time_ms, attempts, object FROM events WHERE event_id = ? AND lease_id = ?",
+                    f"SELECT bytes, payload, time_ms, attempts, object FROM events WHERE event_id = ? AND {base}",
                     (eid, lease_id),
                 ).fetchone()
                 if row is None:
@@ -899,6 +944,7 @@ class Outbox:
                 self._t.leased -= 1
                 self._t.dead_letters += 0 if known else 1
                 done += 1
+            self._t_forget_soft(conn, lease_id, [])
         return done
 
     def _t_requeue(self, ids: list[str] | None) -> int:
@@ -1055,7 +1101,8 @@ class Outbox:
         # running totals minus them, so neither count walks the readings' backlog.
         cond, args = ("object = ?", (obj,)) if obj is not None else ("object IS NOT NULL", ())
         n, size, leased = conn.execute(
-            f"SELECT count(*), total(bytes), count(lease_id) FROM events WHERE {cond}", args).fetchone()
+            f"SELECT count(*), total(bytes), total(lease_id IS NOT NULL OR {_SOFT_LEASED}) FROM events "
+            f"WHERE {cond}", args).fetchone()
         if obj is None:
             n, size, leased = t.rows - n, t.bytes - int(size), t.leased - leased
             # A walk of the table in seq order that stops at the first reading (at or near its start):
@@ -1072,8 +1119,9 @@ class Outbox:
         cond, args = ("1", ()) if obj == ANY_OBJECT else (
             ("object IS NULL", ()) if obj is None else ("object = ?", (obj,)))
         rows = self._conn.execute(
-            "SELECT seq, event_id, payload, enqueued_ms, attempts, lease_id, retry_at_ms, object FROM events "
-            f"WHERE {cond} ORDER BY seq LIMIT ?", (*args, limit),
+            "SELECT seq, event_id, payload, enqueued_ms, attempts, "
+            "coalesce(lease_id, (SELECT lease_id FROM soft_leases s WHERE s.seq = events.seq)), retry_at_ms, object "
+            f"FROM events WHERE {cond} ORDER BY seq LIMIT ?", (*args, limit),
         ).fetchall()
         return [LeasedRow(*r) for r in rows]
 

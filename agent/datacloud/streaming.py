@@ -176,15 +176,20 @@ class StreamingClient:
         rejected: dict[str, str] = {}
         sends = 0
         payloads = [p for _, p in rows]
+        if STREAMING_OVERHEAD + sum(map(len, payloads)) + len(payloads) - 1 <= self.max_body_bytes:
+            # One body (a lease is cut to a body's bytes): no per-record split (measured: a quarter of
+            # the client's CPU per record against a null sink, bench/drain.py).
+            sends = await self._deliver_part(rows, accepted, rejected, payloads)
+            return DeliveryResult(accepted, rejected, sends)
         for indices in split(payloads, self.max_body_bytes):
             sends += await self._deliver_part([rows[i] for i in indices], accepted, rejected)
         return DeliveryResult(accepted, rejected, sends)
 
     async def _deliver_part(self, rows: Sequence[tuple[str, bytes]], accepted: list[str],
-                            rejected: dict[str, str]) -> int:
+                            rejected: dict[str, str], payloads: Sequence[bytes] | None = None) -> int:
         """Send ``rows`` as one body, bisecting on refusal; returns the number of bodies sent."""
         try:
-            await self.send([p for _, p in rows])
+            await self.send(payloads if payloads is not None else [p for _, p in rows])
         except RejectedError as exc:
             if len(rows) == 1:
                 reason = _reason(exc)
@@ -195,7 +200,7 @@ class StreamingClient:
             mid = len(rows) // 2
             return (1 + await self._deliver_part(rows[:mid], accepted, rejected)
                     + await self._deliver_part(rows[mid:], accepted, rejected))
-        accepted.extend(eid for eid, _ in rows)
+        accepted.extend([eid for eid, _ in rows])
         return 1
 
     async def _call(self, method: str, path: str, body: bytes | None, what: str) -> Answer:

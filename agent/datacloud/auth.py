@@ -27,10 +27,10 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
-import jwt
 
 from agent.config import DataCloudConfig, is_loopback_host
 from agent.datacloud._http import describe, excerpt, fetch, parse_retry_after
+from agent.datacloud._sign import sign_rs256
 from agent.errors import AuthError, RetryableError, ThrottledError
 
 log = logging.getLogger(__name__)
@@ -191,11 +191,8 @@ class TokenProvider:
         now = self._now()
         claims = {"iss": self._cfg.client_id, "sub": self._cfg.username, "aud": self.audience,
                   "iat": int(now), "exp": int(now) + ASSERTION_LIFETIME_SECONDS}
-        try:
-            assertion = jwt.encode(claims, key, algorithm="RS256")
-        except (ValueError, TypeError, jwt.PyJWTError) as exc:
-            raise AuthError(f"cannot sign the JWT with {self._cfg.private_key_path}: {type(exc).__name__}",
-                            hint="the private key must be an unencrypted PEM RSA key") from exc
+        # Signed in a child process: PyJWT and cryptography never load into the agent (_sign.py).
+        assertion = await sign_rs256(claims, key, key_name=str(self._cfg.private_key_path))
         core = await self._post("login", f"{self.login_url}/services/oauth2/token",
                                 {"grant_type": JWT_GRANT, "assertion": assertion})
         core_token = _bearer(core, "login")

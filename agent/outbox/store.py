@@ -678,16 +678,21 @@ class Outbox:
         results: list[Any] = []
         try:
             free = self._t_free_after_checkpoint()
+            incoming = sum(len(r.payload) for records in items for r in records)
             with self._tx() as conn:
-                for records in items:
-                    try:
-                        res = self._t_append_one(conn, records, free)
-                    except OutboxFullError as exc:
-                        results.append(exc)
-                        continue
-                    results.append(res)
-                    if free is not None:
-                        free -= _disk_cost(sum(len(r.payload) for r in records))
+                if self._t.bytes + incoming <= self._config.max_bytes and not self._below_floor(free, incoming):
+                    # Nothing to drop for anyone: the whole group in one statement.
+                    results = self._t_append_all(conn, items, incoming)
+                else:
+                    for records in items:
+                        try:
+                            res = self._t_append_one(conn, records, free)
+                        except OutboxFullError as exc:
+                            results.append(exc)
+                            continue
+                        results.append(res)
+                        if free is not None:
+                            free -= _disk_cost(sum(len(r.payload) for r in records))
             if free is not None and free < self._config.min_free_bytes + _CHECKPOINT_MARGIN_BYTES:
                 # Near the floor the WAL gives its space back after every commit: what stays on the
                 # disk is the main file, whose pages the drops free for the next rows.
@@ -695,6 +700,37 @@ class Outbox:
         except sqlite3.Error as exc:
             return [self._translate(exc)] * len(items)
         self.append_commits += 1
+        return results
+
+    def _t_append_all(self, conn: sqlite3.Connection, items: Sequence[list[EncodedRecord]],
+                      incoming: int) -> list[Any]:
+        """Every record of a group in one executemany; the same results as one call per item."""
+        now = self._now_ms()
+        before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        changes = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload, object) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.event_id, len(r.payload), now, r.time_ms, r.payload, r.object) for records in items for r in records],
+        )
+        n = conn.total_changes - changes
+        if n == sum(len(records) for records in items):
+            self._t.rows += n
+            self._t.bytes += incoming
+            return [AppendResult(len(records), 0, 0) for records in items]
+        # Some were queued already (a redelivered MQTT message): the first copy of an id is the one
+        # stored, so each item gets credit for the copies that are new, in submission order.
+        new = dict(conn.execute("SELECT event_id, bytes FROM events WHERE seq > ?", (before,)).fetchall())
+        results: list[Any] = []
+        for records in items:
+            appended = 0
+            for r in records:
+                size = new.pop(r.event_id, None)
+                if size is not None:
+                    appended += 1
+                    self._t.rows += 1
+                    self._t.bytes += size
+            results.append(AppendResult(appended, len(records) - appended, 0))
         return results
 
     def _free_bytes(self) -> int | None:

@@ -92,3 +92,17 @@ async def test_errors_reach_the_enqueued_future(tmp_path: Path) -> None:
         with pytest.raises(OutboxFullError):
             await asyncio.wait_for(fut, 10)
         assert (await box.stats()).rows == 0
+
+
+async def test_duplicates_in_one_group_count_like_separate_appends(tmp_path: Path) -> None:
+    recs = _records(6)
+    async with _box(tmp_path) as box:
+        await box.append(recs[:2])                       # already queued: 0 and 1
+        first = box.enqueue([recs[1], recs[2], recs[3]])  # 1 is a duplicate
+        second = box.enqueue([recs[3], recs[4], recs[4], recs[5]])  # 3 came first in the group; 4 twice
+        box.commit_soon()
+        a, b = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert (a.appended, a.duplicates) == (2, 1)
+        assert (b.appended, b.duplicates) == (2, 2)
+        stats = await box.stats()
+        assert stats.rows == 6 and stats.bytes == sum(len(r.payload) for r in recs)

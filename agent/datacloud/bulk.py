@@ -122,7 +122,8 @@ class BulkClient:
         body = {"object": self.object_endpoint, "sourceName": self.source_name, "operation": operation}
         return _job("create job", await self._call("POST", "/api/v1/ingest/jobs", "create job", json_body=body))
 
-    async def upload(self, job_id: str, data: bytes) -> None:
+    async def upload(self, job_id: str, data: bytes | BinaryIO) -> None:
+        """Upload one CSV file: bytes, or a file read from its start in chunks (bounded memory)."""
         answer = await self._call("PUT", f"/api/v1/ingest/jobs/{_job_path(job_id)}/batches", "upload", data=data,
                                   content_type="text/csv")
         # 202 per [UJD], 201 in [BTW]. A 200 is no upload receipt (a captive portal's page): counting
@@ -162,16 +163,26 @@ class BulkClient:
                                  hint="something other than Data Cloud answered (a proxy or captive portal?)")
 
     async def _call(self, method: str, path: str, what: str, *, json_body: Any = None,
-                    data: bytes | None = None, content_type: str | None = None) -> Answer:
+                    data: bytes | BinaryIO | None = None, content_type: str | None = None) -> Answer:
         for attempt in (1, 2):
             token = await self._tokens.token()
             headers = dict(token.header)
             if content_type:
                 headers["Content-Type"] = content_type
-            timeout, deadline = self._timeouts(data)
+            body: bytes | AsyncIterator[bytes] | None
+            if data is None or isinstance(data, bytes):
+                body, size = data, None if data is None else len(data)
+            else:
+                # A file goes out in chunks with its length (no chunked encoding): a 16 MB file in
+                # one bytes object, plus asyncio's copy of what the socket has not taken yet, was
+                # most of a backfill's peak memory (bench/backfill.py).
+                size = await asyncio.to_thread(_rewind, data)
+                body = _chunks(data)
+                headers["Content-Length"] = str(size)
+            timeout, deadline = self._timeouts(size)
             answer = await fetch(self._session, method, token.instance_url + path, what=what, timeout=timeout,
                                  deadline_seconds=deadline, ssl=self._tokens.ssl_context, json=json_body,
-                                 data=data, headers=headers)
+                                 data=body, headers=headers)
             if answer.status == 401 and attempt == 1:
                 self._tokens.invalidate(token)
                 continue
@@ -179,7 +190,7 @@ class BulkClient:
             return answer
         raise JobError(f"{what}: unreachable")  # pragma: no cover
 
-    def _timeouts(self, data: bytes | None) -> tuple[aiohttp.ClientTimeout, float | None]:
+    def _timeouts(self, size: int | None) -> tuple[aiohttp.ClientTimeout, float | None]:
         """aiohttp's timeout and an overall deadline for one call.
 
         A 150 MB file over a slow uplink takes minutes, so an upload has no aiohttp total: the
@@ -187,15 +198,30 @@ class BulkClient:
         the file at a crawl (_MIN_UPLOAD_BYTES_PER_SECOND), so a peer that trickles its answer
         cannot hold the upload forever either.
         """
-        if data is None:
+        if size is None:
             return self._tokens.timeout, None
         t = self._tokens.timeout.total or 30.0
         return (aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t),
-                t + len(data) / _MIN_UPLOAD_BYTES_PER_SECOND)
+                t + size / _MIN_UPLOAD_BYTES_PER_SECOND)
 
 
 # The slowest uplink an upload is given time for: a 150 MB file gets about 2.6 hours.
 _MIN_UPLOAD_BYTES_PER_SECOND: Final = 16 * 1024
+_UPLOAD_CHUNK_BYTES: Final = 256 * 1024
+
+
+def _rewind(f: BinaryIO) -> int:
+    """Seek to the start (a retry sends the file again); returns its size."""
+    size = f.seek(0, 2)
+    f.seek(0)
+    return size
+
+
+async def _chunks(f: BinaryIO) -> AsyncIterator[bytes]:
+    # The reads run on a thread (the file is on the SD card); a read still running when the answer
+    # came early ends before the file is closed (BufferedReader holds its lock through close).
+    while chunk := await asyncio.to_thread(f.read, _UPLOAD_CHUNK_BYTES):
+        yield chunk
 # Job ids are UUIDs in Data Cloud examples, 18-character Salesforce ids in older ones ([CJ], [BTW]).
 # The id goes into URL paths: anything else is refused rather than sent.
 _JOB_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
@@ -461,14 +487,13 @@ class BulkUploader:
         return task
 
     async def _upload_file(self, job_id: str, f: BinaryIO) -> None:
-        # Read it ourselves (one file, at most max_file_bytes) rather than hand aiohttp the file:
-        # aiohttp reads a file payload on a thread that can still run after the server answered,
-        # racing our close ("I/O operation on closed file" in a never-retrieved future).
+        # Our own chunked reads (BulkClient.upload), not aiohttp's file payload: aiohttp reads a file
+        # on a thread that can still run after the server answered, racing our close ("I/O
+        # operation on closed file" in a never-retrieved future).
         try:
-            data = await asyncio.to_thread(f.read)
+            await self._client.upload(job_id, f)
         finally:
             f.close()
-        await self._client.upload(job_id, data)
 
     async def _abort_quietly(self, rec: BulkJobRecord) -> None:
         assert rec.job_id is not None

@@ -14,6 +14,11 @@ one transaction (group commit):
   caller has not been answered before its commit. This is what spares an SD card: one commit
   (its WAL frames, its fsync) per ``linger_seconds`` instead of one per source and poll.
 
+With ``sync`` (the outbox's synchronous=FULL), a group commits without waiting for the disk and
+a second thread makes it durable (``sync()``: an fsync of the WAL) before its callers are answered,
+while this thread goes on with the next group: the disk's flush overlaps the next transaction's
+work instead of adding to it. Barrier operations and the stop wait for those syncs first.
+
 A result or an exception is delivered to the caller's future with ``loop.call_soon_threadsafe``;
 the loop never blocks on SQLite.
 """
@@ -75,16 +80,21 @@ class WriterThread:
             returns one result or exception per item, in order.
         linger_seconds: how long a group may wait for more items before it commits (see the
             module docstring); 0 commits what is waiting at once.
+        sync: makes committed groups durable on a thread of its own (see the module docstring);
+            an exception it raises is every waiting caller's.
     """
 
     def __init__(self, name: str, group_handler: Callable[[Sequence[Any]], list[Any]],
-                 linger_seconds: float = 0.0) -> None:
+                 linger_seconds: float = 0.0, sync: Callable[[], None] | None = None) -> None:
         self._q: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._group_handler = group_handler
         self._linger = max(0.0, linger_seconds)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._syncer = _Syncer(f"{name}.sync", sync) if sync is not None else None
 
     def start(self) -> None:
+        if self._syncer is not None:
+            self._syncer.start()
         self._thread.start()
 
     def call(self, fn: Callable[[], _T], *, barrier: bool = False) -> asyncio.Future[_T]:
@@ -126,6 +136,8 @@ class WriterThread:
             op = self._next(group, deadline)
             if op is None:                       # stop: what is waiting still commits
                 self._commit(group)
+                if self._syncer is not None:
+                    self._syncer.stop()
                 return
             if op is _COMMIT_SOON:
                 self._commit(group)
@@ -140,6 +152,8 @@ class WriterThread:
             else:
                 if op.barrier or urgent:
                     self._commit(group)          # in submission order
+                if op.barrier and self._syncer is not None:
+                    self._syncer.wait_idle()     # ... and durable before it
                 self._deliver(op, *_invoke(op.fn))
             if group and (self._q.empty() if urgent else time.monotonic() >= deadline):
                 self._commit(group)
@@ -161,11 +175,10 @@ class WriterThread:
             results = self._group_handler([g.item for g in group])
         except BaseException as exc:
             results = [exc] * len(group)
-        for g, r in zip(group, results, strict=True):
-            if isinstance(r, BaseException):
-                self._deliver(g, None, r)
-            else:
-                self._deliver(g, r, None)
+        if self._syncer is not None:
+            self._syncer.put(list(group), results)
+        else:
+            _deliver_all(group, results)
         group.clear()
 
     @staticmethod
@@ -174,6 +187,67 @@ class WriterThread:
         # RuntimeError: the loop is closed, nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             op.loop.call_soon_threadsafe(_settle, op.fut, result, exc)
+
+
+class _Syncer:
+    """The thread that makes committed groups durable, then answers their callers.
+
+    Groups that committed while a sync ran share the next one (group commit of the fsync).
+    """
+
+    def __init__(self, name: str, sync: Callable[[], None]) -> None:
+        self._sync = sync
+        self._cond = threading.Condition()
+        self._pending: list[tuple[list[_Op], list[Any]]] = []
+        self._busy = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, group: list[_Op], results: list[Any]) -> None:
+        with self._cond:
+            self._pending.append((group, results))
+            self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending and not self._busy)
+
+    def stop(self) -> None:
+        self.wait_idle()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._stopping)
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+                self._busy = True
+            error: BaseException | None = None
+            try:
+                self._sync()
+            except BaseException as exc:
+                error = exc
+            for group, results in batch:
+                _deliver_all(group, results if error is None else [error] * len(group))
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+def _deliver_all(group: Sequence[_Op], results: Sequence[Any]) -> None:
+    for g, r in zip(group, results, strict=True):
+        if isinstance(r, BaseException):
+            WriterThread._deliver(g, None, r)
+        else:
+            WriterThread._deliver(g, r, None)
 
 
 def _invoke(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:

@@ -6,7 +6,8 @@ Contract (the package docstring has the whole of it):
   thread. ``append``, ``ack``, ``reject``, ``requeue_dead_letters`` and ``save_job`` return after
   a COMMIT made with the configured ``synchronous`` level (FULL by default).
 * Leases are soft state. A stream lease (``lease``) lives only in a TEMP table of the writer's
-  connection (``soft_leases``, in memory): it writes nothing to the file, where marking the rows
+  connection (``soft_leases``, a few rows in SQLite's page cache): it writes nothing to the outbox
+  file but the totals row, where marking the rows
   rewrote every page holding them (about the payload's size again in WAL frames, per delivered
   batch: SD-card wear). ``lease_bulk`` and ``nack`` commit with ``synchronous=NORMAL``. Either way
   a power cut may only forget the lease (the rows go back to the queue, which ``open`` does for
@@ -164,6 +165,7 @@ class Outbox:
         self._path = Path(config.path)
         self._now_ms = now_ms
         self._sync_full = config.synchronous == "full"
+        self._wal_fd: int | None = None     # the syncer thread's handle on the WAL (synchronous=full)
         self._writer: WriterThread | None = None
         self._conn: sqlite3.Connection | None = None     # touched on the writer thread only
         self._lock_fd: int | None = None
@@ -188,7 +190,8 @@ class Outbox:
         if self._writer is not None:
             raise OutboxError(f"outbox {self._path} is already open")
         writer = WriterThread(f"outbox-writer[{self._path.name}]", self._t_append_group,
-                              linger_seconds=self._config.commit_interval_ms / 1000)
+                              linger_seconds=self._config.commit_interval_ms / 1000,
+                              sync=self._sync_wal if self._sync_full else None)
         writer.start()
         self._writer = writer
         try:
@@ -527,8 +530,7 @@ class Outbox:
             "SELECT count(*), coalesce(sum(length(reading)), 0) FROM held").fetchone()
         self._t.rejected = conn.execute("SELECT count(*) FROM rejected_inputs").fetchone()[0]
         self._t_release_leftovers()
-        # Stream leases: in memory, on this connection only (see the module docstring).
-        conn.execute("PRAGMA temp_store=MEMORY")
+        # Stream leases: on this connection only, never in the outbox file (see the module docstring).
         conn.execute("CREATE TEMP TABLE soft_leases (seq INTEGER PRIMARY KEY, lease_id INTEGER NOT NULL)")
         conn.execute("CREATE INDEX temp.soft_leases_lease ON soft_leases (lease_id)")
         self._soft.clear()
@@ -659,6 +661,9 @@ class Outbox:
                      self._path, released, self._t.leased)
 
     def _t_close(self) -> None:
+        if self._wal_fd is not None:        # the syncer is idle: close waits for it (a barrier)
+            os.close(self._wal_fd)
+            self._wal_fd = None
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -679,7 +684,9 @@ class Outbox:
         try:
             free = self._t_free_after_checkpoint()
             incoming = sum(len(r.payload) for records in items for r in records)
-            with self._tx() as conn:
+            # With synchronous=full the writer's syncer thread fsyncs the WAL before any caller
+            # hears of this commit, while this thread goes on (_writer.py): durable all the same.
+            with self._tx(durable=False) as conn:
                 if self._t.bytes + incoming <= self._config.max_bytes and not self._below_floor(free, incoming):
                     # Nothing to drop for anyone: the whole group in one statement.
                     results = self._t_append_all(conn, items, incoming)
@@ -732,6 +739,20 @@ class Outbox:
                     self._t.bytes += size
             results.append(AppendResult(appended, len(records) - appended, 0))
         return results
+
+    def _sync_wal(self) -> None:
+        """Flush the WAL to the disk (the syncer thread: after append groups committed unsynced)."""
+        try:
+            if self._wal_fd is None:
+                self._wal_fd = os.open(f"{self._path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            os.fsync(self._wal_fd)
+        except OSError as exc:
+            hint = ("the storage failed (check dmesg and the SD card/disk health); "
+                    "the agent exits for systemd to restart it")
+            err = OutboxFatalError(f"outbox {self._path}: cannot sync the WAL: {exc.strerror or exc}", hint=hint)
+            self._fatal = err
+            log.critical("outbox fatal error path=%s error=%s hint=%s", self._path, exc, hint)
+            raise err from exc
 
     def _free_bytes(self) -> int | None:
         if self._config.min_free_bytes <= 0:

@@ -78,7 +78,8 @@ async def test_without_a_linger_operations_keep_submission_order(tmp_path: Path)
     async with _box(tmp_path, ms=0) as box:
         fut = box.enqueue(_records(3))
         lease = await box.lease(100, 10**9)      # queued after the append: it sees the append
-        assert fut.done() and lease is not None and lease.count == 3
+        assert lease is not None and lease.count == 3
+        assert (await asyncio.wait_for(fut, 10)).appended == 3
 
 
 async def test_errors_reach_the_enqueued_future(tmp_path: Path) -> None:
@@ -106,3 +107,25 @@ async def test_duplicates_in_one_group_count_like_separate_appends(tmp_path: Pat
         assert (b.appended, b.duplicates) == (2, 2)
         stats = await box.stats()
         assert stats.rows == 6 and stats.bytes == sum(len(r.payload) for r in recs)
+
+
+async def test_a_failed_wal_sync_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from agent.errors import OutboxFatalError
+
+    async with _box(tmp_path, ms=0) as box:
+        await box.append(_records(1))
+        real_fsync = os.fsync
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        # The syncer thread's fsync of the WAL (synchronous=full) is what an append waits for.
+        monkeypatch.setattr("agent.outbox.store.os.fsync", failing)
+        with pytest.raises(OutboxFatalError, match="cannot sync the WAL"):
+            await asyncio.wait_for(box.append(_records(1, start=10)), 10)
+        monkeypatch.setattr("agent.outbox.store.os.fsync", real_fsync)
+        with pytest.raises(OutboxFatalError):
+            await box.stats()                         # never guess past a fatal error

@@ -27,7 +27,7 @@ from bench._common import console_line, machine, table
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_MD = BENCH_DIR / "results.md"
 RESULTS_JSON = BENCH_DIR / "out" / "results.json"
-ORDER = ("outbox", "drain", "agent", "peers", "fleet")
+ORDER = ("outbox", "drain", "backfill", "agent", "wear", "peers", "fleet")
 HEARTBEAT_SECONDS = 30.0
 
 

@@ -3,7 +3,8 @@
 A benchmark module exposes ``run(quick: bool = False) -> list[dict]``; each row has ``name``,
 ``ours``, ``raw``, ``ratio`` (ours relative to raw, or None) and ``unit``, and may carry a
 ``target``: a number (an upper bound, ``ours <= target``) or a string such as ``"<= 60"`` or
-``">= 1000"``. A row without one may state it in its name: ``(target <= 15 s for 1M)``.
+``">= 1000"``. A row without one may state it in its name: ``(target <= 15 s for 1M)``. A
+``ratio_target`` (a string such as ``">= 0.9"``) checks the ratio instead of the figure.
 Optional ``note`` (shown under the table) and ``skipped`` (a reason: the row was not measured).
 """
 
@@ -93,8 +94,23 @@ def target_of(row: Row) -> tuple[str, float] | None:
     return m.group(1), float(m.group(2).replace(",", "").replace("_", ""))
 
 
+def _ratio_verdict(row: Row) -> str:
+    m = _TARGET_IN_NAME.search(f"target {row['ratio_target']}")
+    if not m:
+        return ""
+    op, bound = m.group(1), float(m.group(2).replace(",", "").replace("_", ""))
+    ratio = row.get("ratio")
+    if row.get("skipped") or not isinstance(ratio, int | float):
+        return "✘ not measured"
+    ok = {"<=": ratio <= bound, ">=": ratio >= bound, "<": ratio < bound, ">": ratio > bound,
+          "==": ratio == bound}[op]
+    return f"{'✔' if ok else '✘'} ratio {op} {_num(bound)}"
+
+
 def verdict(row: Row) -> str:
     """✔ met, ✘ missed, ✘ (not measured) for a skipped row with a target, blank without a target."""
+    if row.get("ratio_target"):
+        return _ratio_verdict(row)
     target = target_of(row)
     if target is None:
         return ""

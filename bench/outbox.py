@@ -2,9 +2,12 @@
 
 ``python -m bench.outbox`` prints a table; ``run(quick=True)`` returns the rows for bench/results.md:
 
-* durable append: many concurrent appenders of ~800-byte records built with RecordBuilder (as the
-  sources do) against raw ``executemany`` of the same rows in batches of the same size, one
-  COMMIT per batch, synchronous=FULL, WAL.
+* durable append: 16 concurrent appenders of ~700-byte records built with RecordBuilder (as the
+  sources do), 10 records per call, ``Outbox.append`` (returns after its commit; concurrent calls
+  share one: group commit). Against raw ``executemany`` of the same rows, one COMMIT per batch,
+  synchronous=FULL, WAL, same table: in batches of the records per commit ours achieved (the same
+  work at the same commit size), and in batches of 1000 (the limit: SQLite with large
+  transactions).
 * lease + ack: stream-sized leases of 200 records acked one by one against a raw
   ``SELECT ... LIMIT 200`` + ``DELETE`` per transaction.
 """
@@ -26,6 +29,7 @@ from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
 APPENDERS = 16           # concurrent sources (devices / MQTT handlers)
 BATCH = 10               # records per append: one poll of a device or a burst of MQTT messages
 LEASE = 200              # a streaming micro-batch
+RAW_LIMIT_BATCH = 1000   # rows per transaction of the raw limit
 
 
 def _records(n: int) -> list[EncodedRecord]:
@@ -59,14 +63,14 @@ def _raw_conn(path: Path) -> sqlite3.Connection:
 _INSERT = "INSERT OR IGNORE INTO events (event_id, bytes, enqueued_ms, time_ms, payload) VALUES (?, ?, ?, ?, ?)"
 
 
-def _raw_append(path: Path, records: list[EncodedRecord]) -> float:
+def _raw_append(path: Path, records: list[EncodedRecord], batch: int) -> float:
     conn = _raw_conn(path)
     now = int(time.time() * 1000)
     rows = [(r.event_id, len(r.payload), now, r.time_ms, r.payload) for r in records]
     t0 = time.perf_counter()
-    for i in range(0, len(rows), BATCH):
+    for i in range(0, len(rows), batch):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_INSERT, rows[i:i + BATCH])
+        conn.executemany(_INSERT, rows[i:i + batch])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - t0
     conn.close()
@@ -123,25 +127,31 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     records = _records(n)
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
         d = Path(tmp)
-        raw_rate = _raw_append(d / "raw.db", records)
         ours_rate, calls, commits = asyncio.run(_ours_append(d / "ours.db", records))
+        per_commit = max(1, round(n / commits))
+        raw_same = _raw_append(d / "raw-same.db", records, per_commit)
+        raw_1000 = _raw_append(d / "raw.db", records, RAW_LIMIT_BATCH)
         raw_drain = _raw_drain(d / "raw.db")
         ours_drain = asyncio.run(_ours_drain(d / "ours.db"))
     size = sum(len(r.payload) for r in records) // len(records)
+    what = f"durable append, {APPENDERS} appenders x {BATCH} records of ~{size} B, synchronous=FULL"
     return [
-        {"name": f"durable append ({APPENDERS} appenders x {BATCH} records, ~{size} B; "
-                 f"{calls} calls in {commits} commits)",
-         "ours": ours_rate, "raw": raw_rate, "ratio": ours_rate / raw_rate, "unit": "records/s"},
-        {"name": f"lease {LEASE} + ack", "ours": ours_drain, "raw": raw_drain, "ratio": ours_drain / raw_drain,
+        {"name": f"{what} vs raw executemany, {RAW_LIMIT_BATCH} rows per transaction",
+         "ours": round(ours_rate), "raw": round(raw_1000), "ratio": round(ours_rate / raw_1000, 2),
+         "unit": "records/s", "ratio_target": ">= 0.7",
+         "note": f"ours: {calls} calls in {commits} commits (~{per_commit} records per commit, group commit)"},
+        {"name": f"  same, vs raw at ours' commit size ({per_commit} rows per transaction)",
+         "ours": round(ours_rate), "raw": round(raw_same), "ratio": round(ours_rate / raw_same, 2),
          "unit": "records/s"},
+        {"name": f"lease {LEASE} + ack", "ours": round(ours_drain), "raw": round(raw_drain),
+         "ratio": round(ours_drain / raw_drain, 2), "unit": "records/s"},
     ]
 
 
 def main() -> None:
-    rows = run()
-    print(f"{'benchmark':<78} {'ours':>10} {'raw':>10} {'ratio':>6}  unit")
-    for r in rows:
-        print(f"{r['name']:<78} {r['ours']:>10.0f} {r['raw']:>10.0f} {r['ratio']:>6.2f}  {r['unit']}")
+    from bench._common import console_line
+    for row in run():
+        print(console_line(row))
 
 
 if __name__ == "__main__":

@@ -94,9 +94,11 @@ def _emulator_main(public_pem: bytes, conn: Any) -> None:
             landed: list[tuple[int, int]] = []
             upsert = emu.store.upsert
 
-            def timed_upsert(pairs: Any) -> None:
+            def timed_upsert(pairs: Any, obj: str | None = None) -> None:
                 pairs = list(pairs)
-                upsert(pairs)
+                upsert(pairs, obj)
+                if obj not in (None, "solar_panel_event"):
+                    return          # the gateway's own status records: not readings
                 now = time.time_ns() // 1_000_000
                 for _, record in pairs:
                     stamp = json.loads(record).get("date_time")

@@ -8,7 +8,8 @@ one transaction (group commit):
   everything in submission order. The group takes the grouped items waiting with it and commits
   before any later operation runs.
 * Otherwise the group also waits for items still to come (it lingers), and commits when its first
-  item has waited ``linger_seconds``, when it reaches ``_MAX_GROUP`` items, when ``commit_soon``
+  item has waited ``linger_seconds``, when it reaches ``_MAX_GROUP`` items or ``group_bytes`` of
+  weight (what the items say they weigh: their payload bytes), when ``commit_soon``
   asks for it, or before a barrier operation (``call(..., barrier=True)``, and the stop). Other
   operations run as they arrive, while the group waits: no caller can tell, because an item's
   caller has not been answered before its commit. This is what spares an SD card: one commit
@@ -41,7 +42,7 @@ _T = TypeVar("_T")
 
 
 class _Op:
-    __slots__ = ("barrier", "fn", "fut", "item", "loop")    # barrier: on a grouped item, "urgent"
+    __slots__ = ("barrier", "fn", "fut", "item", "loop", "weight")    # barrier: on a grouped item, "urgent"
 
     def __init__(
         self,
@@ -50,12 +51,14 @@ class _Op:
         fn: Callable[[], Any] | None,
         item: Any = None,
         barrier: bool = False,
+        weight: int = 0,
     ) -> None:
         self.loop = loop
         self.fut = fut
         self.fn = fn          # None: a grouped item (or, without a future, a commit_soon marker)
         self.item = item
         self.barrier = barrier
+        self.weight = weight
 
 
 # Queued by commit_soon: commit the waiting group now.
@@ -80,15 +83,18 @@ class WriterThread:
             returns one result or exception per item, in order.
         linger_seconds: how long a group may wait for more items before it commits (see the
             module docstring); 0 commits what is waiting at once.
+        group_bytes: a lingering group this heavy commits without waiting longer.
         sync: makes committed groups durable on a thread of its own (see the module docstring);
             an exception it raises is every waiting caller's.
     """
 
     def __init__(self, name: str, group_handler: Callable[[Sequence[Any]], list[Any]],
-                 linger_seconds: float = 0.0, sync: Callable[[], None] | None = None) -> None:
+                 linger_seconds: float = 0.0, sync: Callable[[], None] | None = None,
+                 group_bytes: int | None = None) -> None:
         self._q: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._group_handler = group_handler
         self._linger = max(0.0, linger_seconds)
+        self._group_bytes = group_bytes
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._syncer = _Syncer(f"{name}.sync", sync) if sync is not None else None
 
@@ -107,14 +113,15 @@ class WriterThread:
         self._q.put(_Op(loop, fut, fn, barrier=barrier))
         return fut
 
-    def call_grouped(self, item: Any, *, urgent: bool = False) -> asyncio.Future[Any]:
+    def call_grouped(self, item: Any, *, urgent: bool = False, weight: int = 0) -> asyncio.Future[Any]:
         """Queue ``item`` for the group handler; it shares a call with the items grouped with it.
 
         ``urgent``: commit the group as soon as it holds the items already waiting (no linger).
+        ``weight``: counted against ``group_bytes``.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._q.put(_Op(loop, fut, None, item, barrier=urgent))
+        self._q.put(_Op(loop, fut, None, item, barrier=urgent, weight=weight))
         return fut
 
     def commit_soon(self) -> None:
@@ -131,6 +138,7 @@ class WriterThread:
     def _run(self) -> None:
         group: list[_Op] = []
         deadline = 0.0
+        weight = 0
         urgent = False                           # the group commits once it took what is waiting
         while True:
             op = self._next(group, deadline)
@@ -145,8 +153,12 @@ class WriterThread:
                 if not group:
                     deadline = time.monotonic() + self._linger
                     urgent = self._linger == 0
+                    weight = 0
                 urgent = urgent or op.barrier
+                weight += op.weight
                 group.append(op)
+                if self._group_bytes is not None and weight >= self._group_bytes:
+                    urgent = True                # heavy enough: commit what is waiting, no more linger
                 if len(group) >= _MAX_GROUP:
                     self._commit(group)
             else:

@@ -129,3 +129,21 @@ async def test_a_failed_wal_sync_is_fatal(tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.setattr("agent.outbox.store.os.fsync", real_fsync)
         with pytest.raises(OutboxFatalError):
             await box.stats()                         # never guess past a fatal error
+
+
+async def test_a_heavy_group_commits_without_waiting_out_the_interval(tmp_path: Path) -> None:
+    from agent.outbox.store import GROUP_COMMIT_BYTES
+
+    recs = _records(400)
+    size = len(recs[0].payload)
+    per_call = 10
+    calls = -(-GROUP_COMMIT_BYTES // (size * per_call))      # just enough to pass the threshold
+    async with _box(tmp_path) as box:                          # a minute of linger
+        futs = [box.enqueue(recs[i * per_call:(i + 1) * per_call]) for i in range(calls)]
+        await asyncio.wait_for(asyncio.gather(*futs), 10)
+        assert box.append_commits == 1 and (await box.stats()).rows == calls * per_call
+        light = box.enqueue(recs[calls * per_call:calls * per_call + 1])   # a light one lingers again
+        stats = await box.stats()
+        assert not light.done() and stats.rows == calls * per_call
+        await box.flush()
+        assert light.done()

@@ -74,3 +74,21 @@ async def test_an_ack_leaves_the_rows_outside_its_lease(tmp_path: Path) -> None:
         assert await box.ack(lease) == 6
         st = await box.stats()
         assert st.rows == 7 and st.bytes == sum(len(r.payload) for r in [*_records(10)[6:], *_records(3, start=50)])
+
+
+async def test_an_ack_of_most_rows_keeps_the_others_as_they_were(tmp_path: Path) -> None:
+    async with Outbox(OutboxConfig(path=tmp_path / "o.db")) as box:
+        await box.append(_records(40))
+        big = await box.lease(40, 10**9)
+        await box.append(_records(5, start=100))
+        other = await box.lease(2, 10**9)                 # two of the newer rows, in another lease
+        assert big is not None and other is not None and big.count == 40
+        before = {r.event_id: (r.rowid, r.lease_id) for r in await box.peek(100)}
+        assert await box.ack(big) == 40
+        after = {r.event_id: (r.rowid, r.lease_id) for r in await box.peek(100)}
+        assert after == {k: v for k, v in before.items() if v[1] != big.id}    # same seq, same leases
+        assert await box.ack(other) == 2
+        rest = await box.lease(100, 10**9)
+        assert rest is not None and rest.count == 3
+        st = await box.stats()
+        assert (st.rows, st.leased) == (3, 3) and st.bytes == sum(len(r.payload) for r in _records(5, start=100)[2:])

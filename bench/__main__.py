@@ -96,7 +96,12 @@ def render(sections: dict[str, dict[str, Any]], command: str) -> str:
         "|---|---|",
     ]
     out += [f"| {k} | {v} |" for k, v in machine()]
-    for name in [n for n in ORDER if n in sections]:
+    kept = _sections_of(RESULTS_MD.read_text(encoding="utf-8")) if RESULTS_MD.exists() else {}
+    for name in [n for n in ORDER if n in sections or n in kept]:
+        if name not in sections:
+            # Not measured by this command and not in results.json (a fresh checkout): its text stays.
+            out += ["", *kept[name]]
+            continue
         s = sections[name]
         out += ["", f"## {name}: {s['title']}", "",
                 f"Measured {s['date']}, `{s['command']}`{', QUICK sizes' if s['quick'] else ''}, "
@@ -108,6 +113,22 @@ def render(sections: dict[str, dict[str, Any]], command: str) -> str:
         else:
             out += table(s["rows"])
     return "\n".join(out) + "\n"
+
+
+def _sections_of(text: str) -> dict[str, list[str]]:
+    """The benchmark sections of a results.md (``## name: title`` up to the next ``## ``), by name."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.rstrip("\n").split("\n"):
+        if line.startswith("## "):
+            name = line[3:].split(":", 1)[0].strip()
+            current = found.setdefault(name, []) if name in ORDER else None
+        if current is not None:
+            current.append(line)
+    for lines in found.values():
+        while lines and not lines[-1].strip():
+            lines.pop()
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

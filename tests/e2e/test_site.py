@@ -65,9 +65,26 @@ async def test_site_readings_match_the_simulators(tmp_path: Path) -> None:
                                        {(r["device_id"], r["date_time"]) for r in committed.values()}
                                        for e in expected_mqtt[:-3]), 15, "OpenDTU readings committed")
 
-            # Modbus: stop the sources so the last reading per device is what the simulator last served.
+            # Modbus: freeze the simulators' PV curves, wait for a reading of each device polled wholly
+            # after that, then stop the sources: the last reading per device is what the simulator last
+            # served. (Stopped mid-poll, a unit has served blocks of a reading that never comes: without the
+            # freeze, its newer values would not be any reading's.)
+            modbus = ((site.rtu_sim, (1, 2), rtu), (site.tcp_sim, (1,), {1: tcp_dev}))
+            for sim, _, _ in modbus:
+                frozen = sim.clock()
+                sim.clock = lambda frozen=frozen: frozen
+
+            def polled_after_the_freeze() -> bool:
+                for sim, units, names in modbus:
+                    for u in units:
+                        want = expected_fields(sim.values_at(u, sim.clock()))
+                        if not any(r["device_id"] == names[u] and {k: r.get(k) for k in want} == want
+                                   for r in list(committed.values())):
+                            return False
+                return True
+            await wait_for(polled_after_the_freeze, 15, "a reading of each Modbus device after the freeze")
             await agent.stop_sources()
-            for sim, units, names in ((site.rtu_sim, (1, 2), rtu), (site.tcp_sim, (1,), {1: tcp_dev})):
+            for sim, units, names in modbus:
                 for u in units:
                     latest = max((r for r in committed.values() if r["device_id"] == names[u]),
                                  key=lambda r: str(r["date_time"]))

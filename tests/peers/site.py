@@ -516,7 +516,23 @@ class Site:
                 return all((e.device_id, iso_ms(e.time_ms)) in landed
                            for e in self.mqtt_expected() if e.time_ms is not None)
             return True
-        await wait_for(done, within, "everything committed to land and the outbox to empty", every=0.1)
+        try:
+            await wait_for(done, within, "everything committed to land and the outbox to empty", every=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await self.diagnosis()}") from None
+
+    async def diagnosis(self) -> str:
+        """What a timed-out wait needs to be understood: the outbox's totals, its bulk journal, the
+        emulator's landed count, and the tail of the last agent's log."""
+        lines = []
+        if self.outbox_path.exists():
+            lines.append(f"outbox meta: {await asyncio.to_thread(outbox_meta, self.outbox_path)}")
+            lines.append(f"bulk journal: {await asyncio.to_thread(outbox_jobs, self.outbox_path)}")
+        lines.append(f"emulator: {self.emu.store.count()} rows landed")
+        if self.agents:
+            tail = self.agents[-1].log_path.read_text(errors="replace").splitlines()[-40:]
+            lines += [f"last agent log ({self.agents[-1].log_path.name}), last {len(tail)} lines:", *tail]
+        return "\n".join(lines)
 
     def reconcile(self, watcher: OutboxWatcher, dropped: set[str] | None = None) -> Reconciliation:
         return reconcile(self.emu, watcher.seen, mqtt_expected=self.mqtt_expected(),

@@ -966,10 +966,16 @@ class Outbox:
         if keep == 0:
             conn.execute("DELETE FROM events")
         elif 0 < keep <= _ACK_KEEP_MAX and keep * 4 <= n:
-            conn.execute(f"CREATE TEMP TABLE ack_keep AS SELECT * FROM events WHERE NOT ({cond})", args)
+            # coalesce: on an unleased row "lease_id = ?" is NULL, and NOT NULL would leave it out.
+            conn.execute(f"CREATE TEMP TABLE ack_keep AS SELECT * FROM events WHERE coalesce(({cond}), 0) = 0", args)
             conn.execute("DELETE FROM events")
             conn.execute("INSERT INTO events SELECT * FROM temp.ack_keep")
             conn.execute("DROP TABLE temp.ack_keep")
+            kept = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            if kept != keep:
+                # Never an empty table for a wrong condition: the transaction rolls back, the rows stay.
+                raise OutboxError(f"outbox {self._path}: an ack would keep {kept} rows of the {keep} outside "
+                                  "its lease; nothing was deleted")
         else:
             conn.execute(f"DELETE FROM events WHERE {cond}", args)
 

@@ -92,3 +92,23 @@ async def test_an_ack_of_most_rows_keeps_the_others_as_they_were(tmp_path: Path)
         assert rest is not None and rest.count == 3
         st = await box.stats()
         assert (st.rows, st.leased) == (3, 3) and st.bytes == sum(len(r.payload) for r in _records(5, start=100)[2:])
+
+
+async def test_an_ack_of_a_bulk_lease_keeps_the_rows_that_came_after_it(tmp_path: Path) -> None:
+    # A bulk lease marks its rows (lease_id in the row): the rows outside it have lease_id NULL, where
+    # "NOT (lease_id = ?)" is NULL, not true. The e2e restart test lost the fresh readings of a site that
+    # way (a resumed bulk job's ack emptied the table); this is that case on the outbox alone.
+    async with Outbox(OutboxConfig(path=tmp_path / "o.db")) as box:
+        await box.append(_records(40))
+        bulk = await box.lease_bulk(40, None)
+        assert bulk is not None and bulk.count == 40
+        await box.append(_records(5, start=100))
+        stream = await box.lease(2, 10**9)              # two of the fresh rows in a stream lease, three in none
+        assert stream is not None and stream.count == 2
+        assert await box.ack(bulk) == 40
+        st = await box.stats()
+        assert (st.rows, st.leased) == (5, 2)
+        assert sorted(r.event_id for r in await box.peek(100)) == sorted(r.event_id for r in _records(5, start=100))
+        assert await box.ack(stream) == 2
+        rest = await box.lease(100, 10**9)
+        assert rest is not None and rest.count == 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -122,7 +123,11 @@ class Survey:
         key = f"{profile}:{portal}"
         fam = self._families.get(key)
         if fam is None:
-            feed = profile if not portal else f"victron_{portal}"
+            # A config name allows [A-Za-z0-9_-] only; a portal id is 12 hex digits, but any topic level may come.
+            feed = profile if not portal else re.sub(r"[^A-Za-z0-9_-]", "_", f"victron_{portal}")[:60]
+            taken = {f.feed for f in self._families.values()}
+            feed = next(name for name in (feed, *(f"{feed}_{i}" for i in range(2, len(taken) + 3)))
+                        if name not in taken)
             cfg = MqttConfig(name=feed, url=self.url, profile=profile, portal_id=portal)  # type: ignore[arg-type]
             fam = self._families[key] = _Family(profile, feed, PROFILES[profile].new_decoder(cfg), portal)
         return fam

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.cli.scan import parse_units
@@ -160,6 +160,9 @@ def test_unit_lists(text: str, units: tuple[int, ...] | None) -> None:
 @pytest.mark.fuzz
 @settings(max_examples=examples(100), deadline=None)
 @given(msgs=st.lists(st.tuples(TOPIC, PAYLOAD), max_size=30))
+# Found on a fresh Debian: a portal id that is no config name ('em:0'), and two that become the same one.
+@example(msgs=[("N/em:0/solar/solar/solar", b"")])
+@example(msgs=[("N/a:b/solar/x", b""), ("N/a;b/solar/x", b"")])
 def test_the_survey_survives_any_traffic_and_its_block_still_loads(msgs: list[tuple[str, bytes]],
                                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
     survey = Survey("mqtt://192.168.1.20:1883")

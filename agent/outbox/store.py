@@ -958,14 +958,12 @@ class Outbox:
         backlog), a DELETE without WHERE frees the pages as they are and the few others are written
         back as they were (same seq, so FIFO and every other lease hold).
         """
-        keep = self._t.rows - n                 # running totals: a real count only when it is small
+        keep = self._t.rows - n                 # running totals first: counting a large table costs a walk
         if keep <= _ACK_KEEP_MAX and keep * 4 <= n:
             keep = conn.execute("SELECT count(*) FROM events").fetchone()[0] - n
-        else:
-            keep = -1
         if keep == 0:
             conn.execute("DELETE FROM events")
-        elif 0 < keep <= _ACK_KEEP_MAX and keep * 4 <= n:
+        elif keep <= _ACK_KEEP_MAX and keep * 4 <= n:
             # coalesce: on an unleased row "lease_id = ?" is NULL, and NOT NULL would leave it out.
             conn.execute(f"CREATE TEMP TABLE ack_keep AS SELECT * FROM events WHERE coalesce(({cond}), 0) = 0", args)
             conn.execute("DELETE FROM events")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import paho.mqtt.client as paho
+from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
@@ -125,9 +126,10 @@ class Survey:
         if fam is None:
             # A config name allows [A-Za-z0-9_-] only; a portal id is 12 hex digits, but any topic level may come.
             feed = profile if not portal else re.sub(r"[^A-Za-z0-9_-]", "_", f"victron_{portal}")[:60]
-            taken = {f.feed for f in self._families.values()}
-            feed = next(name for name in (feed, *(f"{feed}_{i}" for i in range(2, len(taken) + 3)))
-                        if name not in taken)
+            taken, base, n = {f.feed for f in self._families.values()}, feed, 1
+            while feed in taken:
+                n += 1
+                feed = f"{base}_{n}"
             cfg = MqttConfig(name=feed, url=self.url, profile=profile, portal_id=portal)  # type: ignore[arg-type]
             fam = self._families[key] = _Family(profile, feed, PROFILES[profile].new_decoder(cfg), portal)
         return fam
@@ -145,31 +147,20 @@ def _device_of(fam: _Family, topic: str) -> str:
         return topic
 
 
-def matches(flt: str, topic: str) -> bool:
-    """MQTT topic-filter matching: ``+`` one level, ``#`` the rest (and the parent level)."""
-    f, t = flt.split("/"), topic.split("/")
-    for i, level in enumerate(f):
-        if level == "#":
-            return True
-        if i >= len(t) or (level != "+" and level != t[i]):
-            return False
-    return len(f) == len(t)
-
-
 def suggest_topics(profile: str, topics: set[str], portal_id: str = "") -> tuple[str, ...]:
     """``()`` when the profile's default subscriptions catch every topic seen, else the filters that do."""
     cfg = MqttConfig(name="scan", url="mqtt://scan", profile=profile, portal_id=portal_id)  # type: ignore[arg-type]
     defaults = PROFILES[profile].default_topics(cfg)
-    missed = sorted(t for t in topics if not any(matches(f, t) for f in defaults))
+    missed = sorted(t for t in topics if not any(topic_matches_sub(f, t) for f in defaults))
     if not missed:
         return ()
     extra: list[str] = []
     for topic in missed:
         flt = _filter_for(profile, topic)
-        if flt not in extra and not any(matches(f, topic) for f in extra):
+        if flt not in extra and not any(topic_matches_sub(f, topic) for f in extra):
             extra.append(flt)
     # Wanted defaults only: a filter the seen topics never matched would subscribe to nothing of use.
-    used = [f for f in defaults if any(matches(f, t) for t in topics)]
+    used = [f for f in defaults if any(topic_matches_sub(f, t) for t in topics)]
     return tuple(dict.fromkeys([*used, *extra]))
 
 
@@ -264,4 +255,4 @@ def _prepare(client: paho.Client, username: str, password_file: Path | None, ca_
         client.tls_set(ca_certs=str(ca_file) if ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
 
 
-__all__ = ["DEFAULT_SECONDS", "Survey", "matches", "scan_mqtt", "suggest_topics"]
+__all__ = ["DEFAULT_SECONDS", "Survey", "scan_mqtt", "suggest_topics"]

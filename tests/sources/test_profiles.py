@@ -199,5 +199,5 @@ def test_each_profile_recognises_its_topics_and_no_other_profile_does(case: Path
 def test_default_subscriptions_catch_multi_level_prefixes(profile: str, topic: str) -> None:
     portal = "c0619ab1e2f3" if profile == "victron" else ""
     cfg = MqttConfig(name="n", url="mqtt://h", profile=profile, portal_id=portal)  # type: ignore[arg-type]
-    # paho's own matcher: the broker's rule, not ours (agent/scan/mqtt.py has its own).
+    # paho's matcher: the broker's rule, not a copy of ours.
     assert any(topic_matches_sub(f, topic) for f in PROFILES[profile].default_topics(cfg)), topic

@@ -20,6 +20,7 @@ from agent.cli.status import add_config_args, human_age, human_bytes, load_for_s
 from agent.config import AgentConfig, load_config
 from agent.errors import OutboxError, SchemaError
 from agent.outbox import open_readonly, read_stats
+from agent.outbox.store import BULK_LEASE_OF_ROW
 from agent.records import CsvEncoder, format_time, load_schema
 
 EXIT_OK = 0
@@ -176,7 +177,8 @@ def _peek(args: argparse.Namespace) -> int:
     try:
         with open_readonly(cfg.outbox.path) as conn:
             rows = conn.execute(
-                f"SELECT seq, event_id, enqueued_ms, attempts, lease_id, retry_at_ms, payload, {_object_col(conn)} "
+                f"SELECT seq, event_id, enqueued_ms, attempts, {_lease_col(conn)}, retry_at_ms, payload, "
+                f"{_object_col(conn)} "
                 "FROM events ORDER BY seq LIMIT ?", (max(0, args.n),)).fetchall()
     except OutboxError as exc:
         return _fail(exc)
@@ -222,6 +224,12 @@ def _dead_letters(args: argparse.Namespace) -> int:
 def _object_col(conn: sqlite3.Connection, table: str = "events") -> str:
     """The ``object`` column, or NULL in a file the agent has not migrated yet (readings only)."""
     return "object" if any(r[1] == "object" for r in conn.execute(f"PRAGMA table_info({table})")) else "NULL"
+
+
+def _lease_col(conn: sqlite3.Connection) -> str:
+    """A row's bulk lease: in the row, or a range of seqs (bulk_ranges) in a file migrated to have them."""
+    ranges = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bulk_ranges'").fetchone()
+    return BULK_LEASE_OF_ROW if ranges else "lease_id"
 
 
 def _of(obj: str | None) -> str:

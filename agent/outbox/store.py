@@ -112,6 +112,11 @@ _OLDEST_READING: Final = "SELECT enqueued_ms FROM events WHERE object IS NULL OR
 _UNLEASED: Final = "lease_id IS NULL AND seq NOT IN (SELECT seq FROM soft_leases)"
 _SOFT_LEASE: Final = "seq IN (SELECT seq FROM soft_leases WHERE lease_id = ?)"
 _SOFT_LEASED: Final = "seq IN (SELECT seq FROM soft_leases)"
+# The bulk lease of a row: in the row (lease_id), or a range of its object's seqs (bulk_ranges).
+BULK_LEASE_OF_ROW: Final = ("coalesce(lease_id, (SELECT r.lease_id FROM bulk_ranges r "
+                            "WHERE r.object IS events.object AND events.seq BETWEEN r.lo AND r.hi))")
+# seq bounds (exclusive) of the part of the queue outside every bulk range: see _gaps.
+_SEQ_END: Final = 2**63 - 1
 # An ack rewrites at most this many other rows to empty the table in one go (_t_delete_leased):
 # they fit SQLite's page cache, so the TEMP copy never touches the disk.
 _ACK_KEEP_MAX: Final = 1000
@@ -184,6 +189,8 @@ class Outbox:
         self.commits = 0              # every COMMIT (exposed for tests and metrics)
         self.append_commits = 0       # COMMITs of append groups: fewer than append calls under load
         self._soft: set[int] = set()  # open stream leases (their rows are in the soft_leases TEMP table)
+        # Bulk leases held as ranges (bulk_ranges, mirrored here): lease id -> (object, lo, hi).
+        self._ranges: dict[int, tuple[str | None, int, int]] = {}
         self.corrupt_moved_to: Path | None = None   # set by open() when it moved a damaged file aside
         self.salvaged_rows = 0
 
@@ -657,17 +664,56 @@ class Outbox:
 
     def _t_release_leftovers(self) -> None:
         terminal = sorted(TERMINAL_JOB_STATES)
+        live = f"(SELECT lease_id FROM bulk_jobs WHERE state NOT IN ({_marks(len(terminal))}))"
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE events SET lease_id = NULL WHERE lease_id IS NOT NULL AND lease_id NOT IN "
-                f"(SELECT lease_id FROM bulk_jobs WHERE state NOT IN ({_marks(len(terminal))}))",
-                terminal,
-            )
+            conn.execute(f"UPDATE events SET lease_id = NULL WHERE lease_id IS NOT NULL AND lease_id NOT IN {live}",
+                         terminal)
             released = conn.execute("SELECT changes()").fetchone()[0]
+            for lease_id, obj, lo, hi in conn.execute(
+                    f"SELECT lease_id, object, lo, hi FROM bulk_ranges WHERE lease_id NOT IN {live}", terminal
+            ).fetchall():
+                released += self._t_range_rows(conn, (obj, lo, hi))
+                conn.execute("DELETE FROM bulk_ranges WHERE lease_id = ?", (lease_id,))
+            ranges = {r[0]: (r[1], r[2], r[3])
+                      for r in conn.execute("SELECT lease_id, object, lo, hi FROM bulk_ranges")}
             self._t.leased = conn.execute("SELECT count(*) FROM events WHERE lease_id IS NOT NULL").fetchone()[0]
+            self._t.leased += sum(self._t_range_rows(conn, span) for span in ranges.values())
+        self._ranges = ranges
         if released:
             log.info("outbox released leases left by a previous run path=%s rows=%d kept_for_bulk=%d",
                      self._path, released, self._t.leased)
+
+    def _t_range_rows(self, conn: sqlite3.Connection, span: tuple[str | None, int, int]) -> int:
+        obj, lo, hi = span
+        n: int = conn.execute("SELECT count(*) FROM events WHERE seq BETWEEN ? AND ? AND object IS ?",
+                              (lo, hi, obj)).fetchone()[0]
+        return n
+
+    def _gaps(self, obj: str | None) -> list[tuple[int, int]]:
+        """The seq intervals (exclusive bounds, in order) outside every bulk range of ``obj`` (ANY_OBJECT: of any).
+
+        Rows in a range have no lease_id, so "not leased" must skip the ranges; walking the gaps
+        does it by seq bounds that the indexes serve, instead of stepping over a million rows.
+        """
+        spans = sorted((lo, hi) for o, lo, hi in self._ranges.values() if obj == ANY_OBJECT or o == obj)
+        gaps: list[tuple[int, int]] = []
+        after = 0
+        for lo, hi in spans:
+            if lo > after + 1:
+                gaps.append((after, lo))
+            after = max(after, hi)
+        gaps.append((after, _SEQ_END))
+        return gaps
+
+    def _lease_cond(self, lease_id: int) -> tuple[str, tuple[Any, ...]]:
+        """SQL condition (and its arguments) for the rows of a lease: stream, bulk range or bulk in-row."""
+        if lease_id in self._soft:
+            return _SOFT_LEASE, (lease_id,)
+        span = self._ranges.get(lease_id)
+        if span is not None:
+            obj, lo, hi = span
+            return "seq BETWEEN ? AND ? AND object IS ?", (lo, hi, obj)
+        return "lease_id = ?", (lease_id,)
 
     def _t_close(self) -> None:
         if self._wal_fd is not None:        # the syncer is idle: close waits for it (a barrier)
@@ -823,14 +869,20 @@ class Outbox:
             log.warning("outbox full, rejecting new records path=%s limit=%s rows=%d queued_bytes=%d hint=%s",
                         self._path, why, incoming_rows, self._t.bytes, hint_full)
             raise OutboxFullError(f"outbox {self._path} is full ({why})", hint=hint_full)
+        # Oldest first, outside the bulk ranges of any object (their few rows of another object are
+        # spared too: dropping goes on after the range).
         freed, last = 0, None
-        cur = conn.execute(f"SELECT seq, bytes FROM events WHERE {_UNLEASED} ORDER BY seq")
-        for seq, b in cur:
-            freed += b
-            last = seq
+        for after, before in self._gaps(ANY_OBJECT):
+            cur = conn.execute(f"SELECT seq, bytes FROM events WHERE {_UNLEASED} AND seq > ? AND seq < ? "
+                               "ORDER BY seq", (after, before))
+            for seq, b in cur:
+                freed += b
+                last = seq
+                if freed >= deficit:
+                    break
+            cur.close()
             if freed >= deficit:
                 break
-        cur.close()
         if last is None or freed < deficit:
             log.warning("outbox full and not enough to drop path=%s limit=%s rows=%d need_bytes=%d "
                         "droppable_bytes=%d leased=%d hint=%s",
@@ -839,8 +891,13 @@ class Outbox:
                 f"outbox {self._path} is full ({why}): dropping every row that is not leased would free "
                 f"{freed} bytes, {deficit} are needed; nothing of this append was stored", hint=hint_full
             )
-        conn.execute(f"DELETE FROM events WHERE {_UNLEASED} AND seq <= ?", (last,))
-        n = conn.execute("SELECT changes()").fetchone()[0]
+        n = 0
+        for after, before in self._gaps(ANY_OBJECT):
+            conn.execute(f"DELETE FROM events WHERE {_UNLEASED} AND seq > ? AND seq < ? AND seq <= ?",
+                         (after, before, last))
+            n += conn.execute("SELECT changes()").fetchone()[0]
+            if before > last:
+                break
         self._t.rows -= n
         self._t.bytes -= freed
         self._t.dropped_total += n
@@ -875,20 +932,25 @@ class Outbox:
         # The rows stay as they are: the lease goes to the TEMP table; of the file, only the totals
         # row changes (readers of the file see the leased count).
         with self._tx(durable=False) as conn:
-            cur = conn.execute(
-                f"SELECT seq, event_id, payload, enqueued_ms, attempts, retry_at_ms FROM events "
-                f"WHERE {where} ORDER BY seq LIMIT ?",
-                (*params, max_records),
-            )
             picked: list[tuple[int, str, bytes, int, int, int]] = []
             total = 0
-            for row in cur:
-                size = len(row[2])
-                if picked and total + size > max_bytes:
+            full = False
+            for after, before in self._gaps(obj):
+                cur = conn.execute(
+                    f"SELECT seq, event_id, payload, enqueued_ms, attempts, retry_at_ms FROM events "
+                    f"WHERE {where} AND seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                    (*params, after, before, max_records - len(picked)),
+                )
+                for row in cur:
+                    size = len(row[2])
+                    if picked and total + size > max_bytes:
+                        full = True
+                        break
+                    picked.append(row)
+                    total += size
+                cur.close()
+                if full or len(picked) >= max_records:
                     break
-                picked.append(row)
-                total += size
-            cur.close()
             if not picked:
                 return None
             lease_id = self._t.next_lease_id
@@ -905,40 +967,72 @@ class Outbox:
         if max_records < 1:
             raise OutboxError(f"lease_bulk: max_records must be >= 1 (got {max_records})")
         where, params = self._ready(older_than_ms, obj)
-        window = f"SELECT seq, bytes FROM events WHERE {where} ORDER BY seq LIMIT ?"
         with self._tx(durable=False) as conn:
-            if max_bytes is None:
-                last, count, total = conn.execute(
-                    f"SELECT max(seq), count(*), total(bytes) FROM ({window})", (*params, max_records)
-                ).fetchone()
+            # One gap (the part between two ranges) at a time: a lease never spans another's range.
+            for after, before in self._gaps(obj):
+                first, last, count, total = self._t_window(conn, where, (*params, after, before), max_records,
+                                                           max_bytes)
+                if count:
+                    break
             else:
-                # Running sum in SQL: a million-row backfill is never walked in Python.
-                row = conn.execute(
-                    f"SELECT seq, n, cum FROM (SELECT seq, count(*) OVER w AS n, sum(bytes) OVER w AS cum "
-                    f"FROM ({window}) WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)) "
-                    f"WHERE cum <= ? ORDER BY seq DESC LIMIT 1",
-                    (*params, max_records, max_bytes),
-                ).fetchone() or conn.execute(f"SELECT seq, 1, bytes FROM ({window})", (*params, 1)).fetchone()
-                last, count, total = row if row else (None, 0, 0)
-            if not count:
                 return None
             lease_id = self._t.next_lease_id
             self._t.next_lease_id += 1
-            conn.execute(f"UPDATE events SET lease_id = ? WHERE {where} AND seq <= ?", (lease_id, *params, last))
+            # The lease is a range when every row of the object between its first and last is in it
+            # (the usual backlog); else (a row in between is leased or waits for a retry) the rows
+            # are marked one by one, as they always were.
+            if self._t_range_rows(conn, (obj, first, last)) == count:
+                span = (obj, int(first), int(last))
+                conn.execute("INSERT INTO bulk_ranges (lease_id, object, lo, hi) VALUES (?, ?, ?, ?)",
+                             (lease_id, *span))
+            else:
+                span = None
+                conn.execute(f"UPDATE events SET lease_id = ? WHERE {where} AND seq BETWEEN ? AND ?",
+                             (lease_id, *params, first, last))
             self._t.leased += count
+        if span is not None:
+            self._ranges[lease_id] = span
         return Lease(lease_id, (), int(count), int(total))
+
+    @staticmethod
+    def _t_window(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], max_records: int,
+                  max_bytes: int | None) -> tuple[int, int, int, int]:
+        """(first seq, last seq, rows, bytes) of the oldest ready rows within one gap, up to the limits."""
+        window = f"SELECT seq, bytes FROM events WHERE {where} AND seq > ? AND seq < ? ORDER BY seq LIMIT ?"
+        if max_bytes is None:
+            row = conn.execute(f"SELECT min(seq), max(seq), count(*), total(bytes) FROM ({window})",
+                               (*params, max_records)).fetchone()
+        else:
+            # Running sum in SQL: a million-row backfill is never walked in Python.
+            row = conn.execute(
+                f"SELECT min(seq) OVER (), seq, n, cum FROM (SELECT seq, count(*) OVER w AS n, "
+                f"sum(bytes) OVER w AS cum FROM ({window}) WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)) "
+                f"WHERE cum <= ? ORDER BY seq DESC LIMIT 1",
+                (*params, max_records, max_bytes),
+            ).fetchone() or conn.execute(f"SELECT seq, seq, 1, bytes FROM ({window})", (*params, 1)).fetchone()
+        if not row or not row[2]:
+            return 0, 0, 0, 0
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     def _t_chunk(self, lease_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
         assert self._conn is not None
+        span = self._ranges.get(lease_id)
+        cond: str
+        args: tuple[Any, ...]
+        if span is not None:
+            # One seq range, not two: SQLite starts a rowid search at one lower bound only, and
+            # from lo every chunk would step over all the chunks before it again.
+            obj, lo, hi = span
+            cond, args = "seq >= ? AND seq <= ? AND object IS ?", (max(lo, after + 1), hi, obj)
+        else:
+            cond, args = "lease_id = ? AND seq > ?", (lease_id, after)
         return self._conn.execute(
-            "SELECT seq, payload FROM events WHERE lease_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (lease_id, after, limit),
-        ).fetchall()
+            f"SELECT seq, payload FROM events WHERE {cond} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
 
     def _t_ack(self, lease_id: int, ids: list[str] | None) -> int:
         done = 0
         with self._tx() as conn:
-            for cond, args in self._in_lease(lease_id, ids):
+            for cond, args in self._in_lease(self._lease_cond(lease_id), ids):
                 n, b = conn.execute(f"SELECT count(*), total(bytes) FROM events WHERE {cond}", args).fetchone()
                 if n:
                     self._t_delete_leased(conn, cond, args, n)
@@ -947,7 +1041,23 @@ class Outbox:
                     self._t.leased -= n
                     done += n
             self._t_forget_soft(conn, lease_id, ids)
+            dropped = self._t_drop_range(conn, lease_id) if ids is None else None
+        if dropped:
+            del self._ranges[lease_id]
         return done
+
+    def _t_drop_range(self, conn: sqlite3.Connection, lease_id: int) -> bool:
+        """Forget a bulk range (its rows are acked, re-queued, or released); True if there was one."""
+        if lease_id not in self._ranges:
+            return False
+        conn.execute("DELETE FROM bulk_ranges WHERE lease_id = ?", (lease_id,))
+        return True
+
+    def _t_materialize(self, conn: sqlite3.Connection, lease_id: int) -> None:
+        """Turn a range lease into marks in its rows, so that some of them can leave it alone."""
+        cond, args = self._lease_cond(lease_id)
+        conn.execute(f"UPDATE events SET lease_id = ? WHERE {cond}", (lease_id, *args))
+        self._t_drop_range(conn, lease_id)
 
     def _t_delete_leased(self, conn: sqlite3.Connection, cond: str, args: tuple[Any, ...], n: int) -> None:
         """Delete the ``n`` rows matching ``cond``, writing as few pages as the table allows.
@@ -980,7 +1090,12 @@ class Outbox:
     def _t_nack(self, lease_id: int, retry_at_ms: int, ids: list[str] | None) -> int:
         done = 0
         with self._tx(durable=False) as conn:
-            for cond, args in self._in_lease(lease_id, ids):
+            ranged = lease_id in self._ranges
+            base = self._lease_cond(lease_id)
+            if ranged and ids is not None:
+                self._t_materialize(conn, lease_id)   # the rows named here leave the lease, the others stay
+                base = ("lease_id = ?", (lease_id,))
+            for cond, args in self._in_lease(base, ids):
                 conn.execute(
                     f"UPDATE events SET lease_id = NULL, retry_at_ms = ?, attempts = attempts + 1 WHERE {cond}",
                     (retry_at_ms, *args),
@@ -988,6 +1103,10 @@ class Outbox:
                 done += conn.execute("SELECT changes()").fetchone()[0]
             self._t.leased -= done
             self._t_forget_soft(conn, lease_id, ids)
+            if ranged and ids is None:
+                self._t_drop_range(conn, lease_id)
+        if ranged:
+            del self._ranges[lease_id]
         return done
 
     def _t_forget_soft(self, conn: sqlite3.Connection, lease_id: int, ids: list[str] | None) -> None:
@@ -1007,23 +1126,26 @@ class Outbox:
         if conn.execute("SELECT 1 FROM soft_leases WHERE lease_id = ? LIMIT 1", (lease_id,)).fetchone() is None:
             self._soft.discard(lease_id)
 
-    def _in_lease(self, lease_id: int, ids: list[str] | None) -> Iterator[tuple[str, tuple[Any, ...]]]:
-        base = _SOFT_LEASE if lease_id in self._soft else "lease_id = ?"
+    @staticmethod
+    def _in_lease(lease: tuple[str, tuple[Any, ...]],
+                  ids: list[str] | None) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        """``lease`` (a ``_lease_cond``) narrowed to ``ids``, in chunks of bound parameters."""
+        base, args = lease
         if ids is None:
-            yield base, (lease_id,)
+            yield base, args
             return
         for chunk in _chunks(ids):
-            yield f"{base} AND event_id IN ({_marks(len(chunk))})", (lease_id, *chunk)
+            yield f"{base} AND event_id IN ({_marks(len(chunk))})", (*args, *chunk)
 
     def _t_reject(self, lease_id: int, reasons: dict[str, str]) -> int:
         now = self._now_ms()
         done = 0
         with self._tx() as conn:
+            base, args = self._lease_cond(lease_id)
             for eid, reason in reasons.items():
-                base = _SOFT_LEASE if lease_id in self._soft else "lease_id = ?"
                 row = conn.execute(
                     f"SELECT bytes, payload, time_ms, attempts, object FROM events WHERE event_id = ? AND {base}",
-                    (eid, lease_id),
+                    (eid, *args),
                 ).fetchone()
                 if row is None:
                     continue
@@ -1195,7 +1317,7 @@ class Outbox:
         # running totals minus them, so neither count walks the readings' backlog.
         cond, args = ("object = ?", (obj,)) if obj is not None else ("object IS NOT NULL", ())
         n, size, leased = conn.execute(
-            f"SELECT count(*), total(bytes), total(lease_id IS NOT NULL OR {_SOFT_LEASED}) FROM events "
+            f"SELECT count(*), total(bytes), total({BULK_LEASE_OF_ROW} IS NOT NULL OR {_SOFT_LEASED}) FROM events "
             f"WHERE {cond}", args).fetchone()
         if obj is None:
             n, size, leased = t.rows - n, t.bytes - int(size), t.leased - leased
@@ -1214,7 +1336,8 @@ class Outbox:
             ("object IS NULL", ()) if obj is None else ("object = ?", (obj,)))
         rows = self._conn.execute(
             "SELECT seq, event_id, payload, enqueued_ms, attempts, "
-            "coalesce(lease_id, (SELECT lease_id FROM soft_leases s WHERE s.seq = events.seq)), retry_at_ms, object "
+            f"coalesce({BULK_LEASE_OF_ROW}, (SELECT lease_id FROM soft_leases s WHERE s.seq = events.seq)), "
+            "retry_at_ms, object "
             f"FROM events WHERE {cond} ORDER BY seq LIMIT ?", (*args, limit),
         ).fetchall()
         return [LeasedRow(*r) for r in rows]
@@ -1278,6 +1401,12 @@ class Outbox:
     def _t_delete_job(self, lease_id: int) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM bulk_jobs WHERE lease_id = ?", (lease_id,))
+            # A range outliving its job would hold its rows until the next start: release them now.
+            ranged = self._t_drop_range(conn, lease_id)
+            if ranged:
+                self._t.leased -= self._t_range_rows(conn, self._ranges[lease_id])
+        if ranged:
+            del self._ranges[lease_id]
 
 
 def _full_hint(why: str, where: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import tempfile
 import time
@@ -26,7 +27,6 @@ import aiohttp
 
 from agent.datacloud._http import Answer, describe, fetch, json_object, raise_for_status
 from agent.datacloud.auth import TokenProvider
-from agent.datacloud.streaming import Backoff
 from agent.errors import DataCloudError, JobError
 from agent.outbox.types import BulkJobRecord
 from agent.records import CsvEncoder
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_FILES_PER_JOB: Final = 100
 MAX_FILE_BYTES: Final = 150_000_000
 TERMINAL: Final = frozenset({"JobComplete", "Failed", "Aborted"})
+# A job's status is polled after a quarter of its age (between poll_initial and poll_max seconds).
+POLL_AGE_FRACTION: Final = 4
 
 
 class JobJournal(Protocol):
@@ -228,6 +230,16 @@ _JOB_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 STATES: Final = frozenset({"Open", "UploadComplete", "InProgress", "JobComplete", "Failed", "Aborted"})
 
 
+def poll_wait(age: float, first: float, cap: float) -> float:
+    """Seconds until the next status poll of a job polled for ``age`` seconds so far.
+
+    A quarter of its age, at least ``first``, at most ``cap``: the end of a job is seen within a
+    quarter of its run, whatever its length. A doubling backoff with full jitter saw the 5 s landing
+    of a 1M-row backfill anywhere up to 6 s late, a different lag every run (bench/backfill.py).
+    """
+    return min(cap, max(first, age / POLL_AGE_FRACTION))
+
+
 def _job_path(job_id: str) -> str:
     if not _JOB_ID_RE.match(job_id):
         raise JobError(f"job id {job_id[:100]!r} is not a Data Cloud job id")
@@ -340,7 +352,8 @@ class BulkUploader:
     Args:
         max_file_bytes: per CSV file including its header (Data Cloud: 150 MB).
         max_files: per job (Data Cloud: 100); a job stops consuming rows when full.
-        poll_initial_seconds / poll_max_seconds: job status polling backoff.
+        poll_initial_seconds / poll_max_seconds: bounds of the wait between job status polls (a
+            quarter of the job's age in between).
     """
 
     def __init__(self, client: BulkClient, encoder: CsvEncoder, journal: JobJournal, *,
@@ -357,6 +370,7 @@ class BulkUploader:
         self._tmp_dir = tmp_dir
         self._poll = (poll_initial_seconds, poll_max_seconds)
         self._now_ms = now_ms
+        self._rng = random.Random()     # a little jitter keeps a fleet's polls from falling into step
 
     async def _save(self, rec: BulkJobRecord) -> BulkJobRecord:
         rec = replace(rec, updated_ms=self._now_ms())
@@ -508,7 +522,8 @@ class BulkUploader:
 
     async def _poll_to_terminal(self, rec: BulkJobRecord) -> str:
         assert rec.job_id is not None
-        backoff = Backoff(self._poll[0], self._poll[1])
+        first, cap = self._poll
+        started = time.monotonic()
         while True:
             job = await self._client.get(rec.job_id)
             state = str(job.get("state", ""))
@@ -517,5 +532,4 @@ class BulkUploader:
                 return state
             if state != rec.state and state in ("UploadComplete", "InProgress"):
                 rec = await self._save(replace(rec, state=state))
-            # Full jitter, but never below the first interval: a poll loop must not spin.
-            await asyncio.sleep(max(self._poll[0], backoff.next_delay()))
+            await asyncio.sleep(poll_wait(time.monotonic() - started, first, cap) * self._rng.uniform(0.9, 1.0))

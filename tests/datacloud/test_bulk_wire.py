@@ -215,3 +215,17 @@ def test_csv_spool_output_parses_as_rfc4180(tmp_path: Path) -> None:
     data = enc.header() + enc.rows([p for _, p in make_rows(3)])
     parsed = list(csv.reader(io.StringIO(data.decode(), newline="")))
     assert parsed[0] == list(SCHEMA.names) and len(parsed) == 4 and data.endswith(b"\r\n")
+
+
+def test_a_job_is_polled_after_a_quarter_of_its_age_within_bounds() -> None:
+    from agent.datacloud.bulk import poll_wait
+
+    assert poll_wait(0.0, 0.5, 30.0) == 0.5           # a young job: the first interval
+    assert poll_wait(20.0, 0.5, 30.0) == 5.0          # its end is seen at most 25 % late
+    assert poll_wait(3600.0, 0.5, 30.0) == 30.0       # an old one: never rarer than the cap
+    # Over a 5 s landing the polls stay few (no spinning): 0.5 s until 2 s, then 25 % steps.
+    age, polls = 0.0, 0
+    while age < 5.0:
+        age += poll_wait(age, 0.5, 30.0)
+        polls += 1
+    assert polls <= 10 and age < 5.0 * 1.25 + 0.5

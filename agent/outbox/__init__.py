@@ -16,7 +16,8 @@ Contract (see design.md "Durability"):
   Leases left behind by a crash are released when the outbox is opened, except the rows of a
   bulk job journalled in a non-terminal state (the bulk lane resumes that job and acks or nacks
   them). Leases are soft state: a power cut may forget one, which only returns its rows early.
-* ``lease_bulk`` marks a large range without loading it; ``iter_lease`` streams its payloads in
+* ``lease_bulk`` leases a large range without loading it, and without writing its rows (the lease
+  is a seq range of its object, one row in ``bulk_ranges``); ``iter_lease`` streams its payloads in
   chunks, so a backfill of millions of rows never sits in memory.
 * The bulk journal (``save_job`` / ``jobs`` / ``delete_job``) lives in the same file so a restart
   at any point of a bulk job knows what was done remotely.

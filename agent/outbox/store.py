@@ -9,7 +9,11 @@ Contract (the package docstring has the whole of it):
   connection (``soft_leases``, a few rows in SQLite's page cache): it writes nothing to the outbox
   file but the totals row, where marking the rows
   rewrote every page holding them (about the payload's size again in WAL frames, per delivered
-  batch: SD-card wear). ``lease_bulk`` and ``nack`` commit with ``synchronous=NORMAL``. Either way
+  batch: SD-card wear). A bulk lease (``lease_bulk``) is one row of ``bulk_ranges`` (migration 5):
+  every row of its object with ``lo <= seq <= hi``, which is why ``lease``, ``when_full`` and the
+  lease look-ups walk the gaps between ranges; only when a leased or waiting row sits inside the
+  window are the rows marked one by one (``lease_id``). ``lease_bulk`` and ``nack`` commit with
+  ``synchronous=NORMAL``. Either way
   a power cut may only forget the lease (the rows go back to the queue, which ``open`` does for
   every crash leftover anyway); in WAL mode the file stays consistent, and the next durable commit
   syncs the WAL up to and including it.

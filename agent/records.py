@@ -339,8 +339,16 @@ def decode_json(payload: bytes) -> dict[str, Value]:
 
 
 def streaming_body(payloads: Sequence[bytes]) -> bytes:
-    """``{"data":[...]}`` from already-encoded records, without decoding them again."""
-    return b'{"data":[' + b",".join(payloads) + b"]}"
+    """``{"data":[...]}`` from already-encoded records, without decoding them again.
+
+    One join, one copy of the body: ``head + join + tail`` copied a 190 kB body twice more, about
+    a quarter of the streaming client's CPU per request against a null sink (bench/drain.py).
+    """
+    if not payloads:
+        return b'{"data":[]}'
+    if len(payloads) == 1:
+        return b'{"data":[' + payloads[0] + b"]}"
+    return b",".join([b'{"data":[' + payloads[0], *payloads[1:-1], payloads[-1] + b"]}"])
 
 
 STREAMING_OVERHEAD: Final = len(streaming_body([]))  # bytes around the records; +1 comma per extra record

@@ -34,6 +34,16 @@ def test_split_is_exact_ordered_and_within_limit(payloads: list[bytes], limit: i
         assert len(streaming_body([payloads[i] for i in [*prev, nxt[0]]])) > limit
 
 
+@given(payload_lists)
+@settings(max_examples=200, deadline=None)
+def test_streaming_body_is_the_records_in_a_data_array(payloads: list[bytes]) -> None:
+    # The Ingestion API's streaming body: {"data": [record, ...]} (datacloud-api.md [INS]); built
+    # in one join, it must still be exactly the envelope around the comma-separated records.
+    assert streaming_body(payloads) == b'{"data":[' + b",".join(payloads) + b"]}"
+    records = [{"n": i} for i in range(len(payloads))]
+    assert json.loads(streaming_body([json.dumps(r).encode() for r in records])) == {"data": records}
+
+
 def test_split_boundary_counts_envelope_and_commas() -> None:
     p = [b"x" * 10] * 3
     exact = len(streaming_body(p))  # 11 + 30 + 2 commas

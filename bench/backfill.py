@@ -10,12 +10,14 @@ Three processes, so each figure belongs to one of them:
 * emulator (spawned): the Data Cloud emulator, no rate limit, staging and landing bulk files as
   Data Cloud does.
 * agent (spawned, the one measured): opens that outbox and runs ``Drain.run_bulk_once`` with the
-  agent's ``BulkLane``, exactly what the bulk lane does after an outage: ``lease_bulk`` (marks the
-  old rows), ``iter_lease`` (streams them in chunks), CSV files of 16 MB, uploads (file k+1 is
-  encoded while file k uploads), UploadComplete, polls to JobComplete, then ``ack`` (deletes the
-  rows). Wall time and CPU (utime+stime of the process) from before the lease until the ack
-  returned; peak RSS is the process's ``ru_maxrss`` at the end; the outbox file (main + WAL) is
-  measured before the drain and after it (after the close's checkpoint too).
+  agent's ``BulkLane``, exactly what the bulk lane does after an outage: ``lease_bulk`` (a seq
+  range of the old rows), ``iter_lease`` (streams them in chunks), CSV files of 16 MB, uploads
+  (file k+1 is encoded while file k uploads), UploadComplete, polls to JobComplete, then ``ack``
+  (deletes the rows). Wall time and CPU (utime+stime of the process) from before the lease until
+  the ack returned; peak RSS is the process's ``ru_maxrss`` at the end; the outbox file (main +
+  WAL) is measured before the drain and after it (after the close's checkpoint too). The job's
+  ``totalProcessingTime`` (the emulator landing the rows, the server's share) is reported apart:
+  the end-to-end time without it is the gateway's own.
 """
 
 from __future__ import annotations
@@ -131,6 +133,15 @@ def _agent_main(path: str, url: str, key_path: str, spool: str, conn: Any) -> No
                 phases["upload_complete_at"] = time.perf_counter()
                 return await client_close(job_id)
             client.close = close  # type: ignore[method-assign]
+            # The job's own processing time as Data Cloud reports it (totalProcessingTime, ms): the
+            # emulator's landing, which is not ours to speed up and varies with its disk.
+            client_get = client.get
+
+            async def get(job_id: str) -> dict[str, Any]:
+                job = await client_get(job_id)
+                phases["processing_ms"] = float(job.get("totalProcessingTime") or 0)
+                return job
+            client.get = get  # type: ignore[method-assign]
             rows = (await box.stats()).rows
             gc.collect()
             t0, cpu0, written0 = time.perf_counter(), _cpu_seconds(), _write_bytes()
@@ -140,7 +151,8 @@ def _agent_main(path: str, url: str, key_path: str, spool: str, conn: Any) -> No
             out["cpu_seconds"] = _cpu_seconds() - cpu0
             stats = await box.stats()
             out.update(final=final, rows=rows, left=stats.rows, delivered=drain.bulk_state.sent_total,
-                       lease_seconds=phases.get("lease", 0.0), ack_seconds=phases.get("ack", 0.0))
+                       lease_seconds=phases.get("lease", 0.0), ack_seconds=phases.get("ack", 0.0),
+                       processing_seconds=phases.get("processing_ms", 0.0) / 1000)
             out["main_after"], out["wal_after"] = _file_bytes(Path(path))
         # After the close: its checkpoint copies the ack's WAL frames into the main file.
         out["written"] = _write_bytes() - written0
@@ -198,8 +210,15 @@ def run(quick: bool = False, n: int | None = None) -> list[dict[str, Any]]:
                               "meanwhile, as Data Cloud would"},
         {"name": "  of which after UploadComplete (the emulator lands the rows; our polls see JobComplete)",
          "ours": round(m["after_upload_seconds"] - m["ack_seconds"], 2), "raw": None, "ratio": None, "unit": "s"},
+        {"name": "    of which the emulator processing the job (its totalProcessingTime: landing the rows)",
+         "ours": round(m["processing_seconds"], 2), "raw": None, "ratio": None, "unit": "s",
+         "note": "the server's share (Data Cloud's own processing of a job takes minutes): the emulator upserts the "
+                 "staged rows into its SQLite store in one transaction"},
         {"name": "  of which the ack (deletes every row of the lease)", "ours": round(m["ack_seconds"], 2),
          "raw": None, "ratio": None, "unit": "s"},
+        {"name": "  ours: the backfill without the emulator's processing (what the gateway does)",
+         "ours": round(m["seconds"] - m["processing_seconds"], 2), "raw": None, "ratio": None, "unit": "s",
+         "note": "lease, CSV, upload (paced by the emulator staging the files on the same 2 cores), polls, ack"},
         {"name": "  client CPU (utime+stime of the agent process) in that time", "ours": round(m["cpu_seconds"], 2),
          "raw": None, "ratio": None, "unit": "s"},
         {"name": "  agent process peak RSS (ru_maxrss)", "ours": round(m["peak_rss_mb"], 1), "raw": None,

@@ -198,6 +198,57 @@ def _agent_main(url: str, key_path: str, ports: list[int], workdir: str, site: S
     sys.exit(asyncio.run(main()))
 
 
+def _raw_poller_main(ports: list[int], units: int, poll_seconds: float, conn: Any) -> None:
+    """Raw child: pymodbus alone polling what the agent polls (no decoding, outbox or upload).
+
+    The SunSpec chain of each unit is found once with the agent's discovery; then every
+    ``poll_seconds`` each unit's non-common models are read with the same client settings and
+    register counts as the agent's Modbus source, and the registers are dropped. This is the floor
+    of the agent's CPU on this site: what the field's Modbus library costs by itself.
+    """
+    import logging
+
+    from pymodbus.client import AsyncModbusTcpClient
+    from pymodbus.framer import FramerType
+
+    from agent.sources.sunspec import BASE_CANDIDATES, MAX_REGISTERS_PER_READ, SUPPORTED_MODELS, discover
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+    async def bus(client: AsyncModbusTcpClient, blocks: list[tuple[int, int, int]]) -> None:
+        while True:
+            started = time.monotonic()
+            for unit, address, count in blocks:
+                while count > 0:
+                    n = min(count, MAX_REGISTERS_PER_READ)
+                    if (await client.read_holding_registers(address, count=n, device_id=unit)).isError():
+                        raise RuntimeError(f"unit {unit} refused {address}+{n}")
+                    address, count = address + n, count - n
+            # On the poll interval's grid, in step with the other buses, as the agent polls.
+            await asyncio.sleep(max(0.0, (started // poll_seconds + 1) * poll_seconds - time.monotonic()))
+
+    async def main() -> None:
+        buses = []
+        for port in ports:
+            client = AsyncModbusTcpClient("127.0.0.1", port=port, framer=FramerType.SOCKET, timeout=1.0,
+                                          retries=0, reconnect_delay=0)
+            await client.connect()
+            blocks = []
+            for unit in range(1, units + 1):
+                async def read(address: int, count: int, unit: int = unit, c: Any = client) -> list[int]:
+                    return list((await c.read_holding_registers(address, count=count, device_id=unit)).registers)
+                found = await discover(read, BASE_CANDIDATES)
+                blocks += [(unit, m.address, m.length) for m in found.chain
+                           if m.model_id != 1 and m.model_id in SUPPORTED_MODELS]
+            buses.append((client, blocks))
+        tasks = [asyncio.create_task(bus(client, blocks)) for client, blocks in buses]
+        conn.send(sum(len(blocks) for _, blocks in buses))
+        await asyncio.to_thread(conn.recv)     # parked until the harness says stop
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(main())
+
+
 # ---- harness ------------------------------------------------------------------------------------
 
 def _proc_cpu_seconds(pid: int) -> float:
@@ -313,6 +364,26 @@ def measure(warmup_s: float, window_s: float, site: Site = REFERENCE) -> dict[st
     }
 
 
+def measure_raw_poll(warmup_s: float, window_s: float, site: Site = REFERENCE) -> float:
+    """CPU share of one core of raw pymodbus polling the site's devices (``_raw_poller_main``)."""
+    devices = _Child(_devices_main, site.buses, site.units_per_bus, name="bench-devices")
+    raw: _Child | None = None
+    try:
+        ports = devices.recv(60)
+        raw = _Child(_raw_poller_main, ports, site.units_per_bus, site.poll_seconds, name="bench-raw-poller")
+        raw.recv(90)
+        pid = raw.proc.pid
+        assert pid is not None
+        time.sleep(warmup_s)
+        cpu0, w0 = _proc_cpu_seconds(pid), time.monotonic()
+        time.sleep(window_s)          # the measurement window itself
+        return 100 * (_proc_cpu_seconds(pid) - cpu0) / (time.monotonic() - w0)
+    finally:
+        if raw is not None:
+            raw.close()
+        devices.close()
+
+
 def wear_rows(m: dict[str, Any], label: str) -> list[dict[str, Any]]:
     """SD-card wear of one measured window: bytes written per reading, and per day."""
     from bench.wear import TARGET_RATIO, endurance_note
@@ -332,6 +403,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     """Warm-up 30 s and a 120 s window (quick: 15 s and 30 s)."""
     warmup, window = (15.0, 30.0) if quick else (30.0, 120.0)
     m = measure(warmup, window)
+    raw_cpu = measure_raw_poll(warmup / 3, window)
     site = REFERENCE.label()
     how = f"{m['window_s']:.0f} s steady window after {warmup:.0f} s warm-up"
     return [
@@ -340,8 +412,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
          "note": f"median {m['rss_median_mb']:.1f} MB; {m['imports_rss_mb']:.1f} MB of it is the interpreter "
                  f"and imports before the agent starts; at the end PSS {m['pss_mb']:.1f} MB, private "
                  f"{m['uss_mb']:.1f} MB; {how}"},
-        {"name": "agent CPU share of one core (utime+stime / wall)", "ours": round(m["cpu_share_pct"], 2),
-         "raw": None, "ratio": None, "unit": "%", "target": "<= 2"},
+        {"name": "agent CPU share of one core (utime+stime / wall) vs raw pymodbus polling the same registers",
+         "ours": round(m["cpu_share_pct"], 2), "raw": round(raw_cpu, 2),
+         "ratio": round(raw_cpu / m["cpu_share_pct"], 2), "unit": "%", "target": "<= 2",
+         "note": f"raw: pymodbus alone reading the same blocks of the same devices every second and dropping "
+                 f"them, in its own process over a {window:.0f} s window (no decoding, outbox or upload): "
+                 f"{raw_cpu:.2f} % of the 2 % budget is the Modbus library's; the rest "
+                 f"({m['cpu_share_pct'] - raw_cpu:.2f} %) is decoding, records, commits, delivery and status"},
         {"name": "latency p50, reading stamp -> landed in the emulator store", "ours": round(m["p50_s"], 3),
          "raw": None, "ratio": None, "unit": "s",
          "note": "measured at the emulator: its process notes the wall time each streamed row is stored"},

@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 
@@ -124,6 +125,34 @@ async def test_tcp_bases_and_float_model(base: int, float_model: bool) -> None:
     reading = col.of(dev_id(sim, 5))[-1][1]
     assert reading.source == "sunspec-tcp"
     assert dict(reading.metrics) == expected_metrics(sim, 5)
+
+
+async def test_buses_with_one_interval_poll_in_step_once_per_slot() -> None:
+    # Two TCP buses started at different points of a slot poll on the same grid of the monotonic
+    # clock (their answers share the event loop's wake-ups: bench/agent.py), once per slot.
+    interval, cycles = 0.5, 6
+
+    async def at_phase(phase: float) -> None:
+        # Placing a start in time (not waiting for an outcome): the point of the test is the phase.
+        now = time.monotonic()
+        await asyncio.sleep((now // interval + 1 + phase) * interval - now)
+
+    sims = [SunSpecSimulator((1,), clock=lambda: NOON, seed=s) for s in (1, 2)]
+    async with sims[0].serve_tcp() as a, sims[1].serve_tcp() as b:
+        srcs = [ModbusSource(replace(bus("tcp", (1,), host="127.0.0.1", tcp_port=served.port),
+                                     poll_interval_seconds=interval)) for served in (a, b)]
+        await at_phase(0.5)
+        async with running(srcs[0]) as first:
+            await at_phase(0.75)
+            async with running(srcs[1]) as second:
+                await second.until(lambda: srcs[1].cycles >= cycles)
+    for col in (first, second):
+        later = [t for t, _ in col.batches[1:]]      # the first poll of a bus is at once
+        slots = [int(t // interval) for t in later]
+        assert len(slots) == len(set(slots)), f"two polls in one slot: {slots}"
+        # A poll of one unit on loopback answers within a few ms of its slot's start.
+        phases = [round(t % interval / interval, 2) for t in later]
+        assert all(ph < 0.4 for ph in phases), phases
 
 
 async def test_rtu_base_zero_with_unimplemented_points(pty_pair: PtyPair) -> None:

@@ -877,14 +877,9 @@ class Outbox:
         # spared too: dropping goes on after the range).
         freed, last = 0, None
         for after, before in self._gaps(ANY_OBJECT):
-            cur = conn.execute(f"SELECT seq, bytes FROM events WHERE {_UNLEASED} AND seq > ? AND seq < ? "
-                               "ORDER BY seq", (after, before))
-            for seq, b in cur:
-                freed += b
-                last = seq
-                if freed >= deficit:
-                    break
-            cur.close()
+            freed, last = _oldest_until(conn.execute(
+                f"SELECT seq, bytes FROM events WHERE {_UNLEASED} AND seq > ? AND seq < ? ORDER BY seq",
+                (after, before)), deficit, freed, last)
             if freed >= deficit:
                 break
         if last is None or freed < deficit:
@@ -1222,14 +1217,7 @@ class Outbox:
                         self._path, why, incoming_rows, hint)
             raise OutboxFullError(f"outbox {self._path} is full ({why})", hint=hint)
         # Only held rows are dropped for held rows: queued rows have a good time and may be sent.
-        freed, last = 0, None
-        cur = conn.execute("SELECT id, length(reading) FROM held ORDER BY id")
-        for rid, size in cur:
-            freed += size
-            last = rid
-            if freed >= deficit:
-                break
-        cur.close()
+        freed, last = _oldest_until(conn.execute("SELECT id, length(reading) FROM held ORDER BY id"), deficit)
         if last is None or freed < deficit:
             raise OutboxFullError(
                 f"outbox {self._path} is full ({why}): dropping every held reading would free {freed} bytes, "
@@ -1411,6 +1399,18 @@ class Outbox:
                 self._t.leased -= self._t_range_rows(conn, self._ranges[lease_id])
         if ranged:
             del self._ranges[lease_id]
+
+
+def _oldest_until(cur: sqlite3.Cursor, deficit: int, freed: int = 0,
+                  last: int | None = None) -> tuple[int, int | None]:
+    """Walk (key, size) rows, oldest first, until ``freed`` reaches ``deficit``: (freed, last key taken)."""
+    for key, size in cur:
+        freed += size
+        last = key
+        if freed >= deficit:
+            break
+    cur.close()
+    return freed, last
 
 
 def _full_hint(why: str, where: Path) -> str:

@@ -338,8 +338,7 @@ class ModbusSource:
                 now = time.monotonic()
                 # (asyncio may wake a timer a hair early: a start just before a slot counts as that slot)
                 next_cycle = (math.floor(started / interval + _SLOT_SLACK) + 1) * interval
-                if next_cycle > now:
-                    await asyncio.sleep(next_cycle - now)  # the poll interval itself
+                await asyncio.sleep(max(0.0, next_cycle - now))   # the poll interval itself (always a yield)
         finally:
             self._close()
 

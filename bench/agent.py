@@ -393,7 +393,11 @@ def wear_rows(m: dict[str, Any], label: str) -> list[dict[str, Any]]:
         {"name": f"written to storage / payload committed ({label})", "ours": round(written / payload, 2),
          "raw": None, "ratio": None, "unit": "x payload", "target": f"<= {TARGET_RATIO:g}",
          "note": f"{written / n:,.0f} B written per reading of {payload / n:,.0f} B (WAL, checkpoints, "
-                 f"everything the agent process wrote) over {m['window_s']:.0f} s, {n:,} readings"},
+                 f"everything the agent process wrote) over {m['window_s']:.0f} s, {n:,} readings"
+                 + ("" if written / payload <= TARGET_RATIO else
+                    f"; over {TARGET_RATIO:g}x: a commit writes about seven pages whatever it holds, and a site "
+                    "that commits few readings at a time cannot spread them (commit_interval_ms: README, "
+                    "SD-card wear)")},
         {"name": "  that is, per day", "ours": round(per_day / 1e9, 2), "raw": None, "ratio": None,
          "unit": "GB/day", "note": endurance_note(per_day)},
     ]

@@ -22,6 +22,10 @@ After a warm-up the harness samples the agent process from /proc: VmRSS every se
 is the largest sample), utime + stime over the window (CPU share of one core), and write_bytes
 (what the agent sent to storage; the window starts and ends with a WAL checkpoint, so the
 checkpoint writes of its own frames are in it).
+
+The CPU row's raw (``run`` only, not the wear runs): after the agent has stopped, pymodbus alone
+polls the same devices' same registers in step, in a process of its own, over a window as long
+(``_raw_poller_main``): the part of the agent's CPU the Modbus library takes by itself.
 """
 
 from __future__ import annotations

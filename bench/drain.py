@@ -189,16 +189,23 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             m = asyncio.run(_measure(sink.url, key, n, tmp))
     raw_s, raw_cpu = m["raw"]
     rows: list[dict[str, Any]] = []
-    for name, label, target in (
+    # Why a row may miss its target, said only when it does.
+    why = {"deliver": "ours builds each body from its rows and checks each answer, raw posts bodies built "
+                      "beforehand: the CPU per record above is the difference",
+           "lease": "the outbox's lease and durable ack (SQLite, FULL) are the limit of this path, not HTTP: "
+                    "see its own raw path below"}
+    for name, label, target, bound in (
             ("deliver", f"stream deliver, prebuilt rows ({n:,} records, {int(m['bodies'][0])} bodies, "
-                        f"{CONCURRENCY} in flight) vs raw aiohttp, same bodies, null sink", ">= 0.9"),
+                        f"{CONCURRENCY} in flight) vs raw aiohttp, same bodies, null sink", ">= 0.9", 0.9),
             ("lease", f"stream outbox lease -> deliver -> ack ({n:,} records, synchronous=FULL) vs the same raw",
-             ">= 0.8")):
+             ">= 0.8", 0.8)):
         secs, cpu = m[name]
+        ratio = round(raw_s / secs, 2)
         rows.append({"name": label, "ours": round(n / secs), "raw": round(n / raw_s),
-                     "ratio": round(raw_s / secs, 2), "unit": "records/s", "ratio_target": target,
+                     "ratio": ratio, "unit": "records/s", "ratio_target": target,
                      "note": f"best of {PASSES} interleaved passes; client CPU {cpu / n * 1e6:.1f} us/record "
-                             f"(raw {raw_cpu / n * 1e6:.1f})"})
+                             f"(raw {raw_cpu / n * 1e6:.1f})" + (f"; under {bound:g}x: {why[name]}"
+                                                                 if ratio < bound else "")})
         rows.append({"name": f"  client CPU per record, {name}", "ours": round(cpu / n * 1e6, 2),
                      "raw": round(raw_cpu / n * 1e6, 2), "ratio": round(raw_cpu / cpu, 2), "unit": "us/record"})
     path_s, path_cpu = m["raw_path"]

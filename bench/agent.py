@@ -215,6 +215,7 @@ def _raw_poller_main(ports: list[int], units: int, poll_seconds: float, conn: An
     from pymodbus.client import AsyncModbusTcpClient
     from pymodbus.framer import FramerType
 
+    from agent.sources.modbus import next_slot
     from agent.sources.sunspec import BASE_CANDIDATES, MAX_REGISTERS_PER_READ, SUPPORTED_MODELS, discover
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -228,7 +229,7 @@ def _raw_poller_main(ports: list[int], units: int, poll_seconds: float, conn: An
                         raise RuntimeError(f"unit {unit} refused {address}+{n}")
                     address, count = address + n, count - n
             # On the poll interval's grid, in step with the other buses, as the agent polls.
-            await asyncio.sleep(max(0.0, (started // poll_seconds + 1) * poll_seconds - time.monotonic()))
+            await asyncio.sleep(max(0.0, next_slot(started, poll_seconds) - time.monotonic()))
 
     async def main() -> None:
         buses = []

@@ -194,8 +194,7 @@ class StreamingClient:
 
     async def _deliver_part(self, rows: Sequence[tuple[str, bytes]], accepted: list[str],
                             rejected: dict[str, str], body: bytes | None = None) -> int:
-        """Send ``rows`` as one body (``body``, when already built), bisecting on refusal; returns
-        the number of bodies sent."""
+        """Send ``rows`` as one body (``body`` if already built), bisecting on refusal; the bodies sent."""
         try:
             await self._post(body if body is not None else streaming_body(list(map(_PAYLOAD, rows))))
         except RejectedError as exc:

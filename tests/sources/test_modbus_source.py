@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.config import ModbusBusConfig, ModbusDeviceConfig
 from agent.records import Reading
 from agent.simulators.ptypair import PtyPair
 from agent.simulators.sunspec_device import SunSpecSimulator
 from agent.sources import Source
-from agent.sources.modbus import ModbusSource
+from agent.sources.modbus import ModbusSource, next_slot
 from agent.sources.sunspec import BASE_CANDIDATES
 from tests.peers.serial import pty_pair  # noqa: F401
 
@@ -127,25 +130,30 @@ async def test_tcp_bases_and_float_model(base: int, float_model: bool) -> None:
     assert dict(reading.metrics) == expected_metrics(sim, 5)
 
 
+@given(st.floats(min_value=0, max_value=1e7), st.sampled_from([0.05, 0.2, 1.0, 5.0, 10.0, 60.0]),
+       st.floats(min_value=0, max_value=3))
+def test_next_slot_is_on_the_grid_once_per_slot(started: float, interval: float, took: float) -> None:
+    # Pure: polls started anywhere land on the interval's grid (buses in step), never twice in one
+    # slot, never more than one interval apart; an overrun (took >= interval) is due at once.
+    due = next_slot(started, interval)
+    assert math.isclose(due / interval, round(due / interval), abs_tol=1e-6)      # on the grid
+    assert started < due <= started + interval * (1 + 1e-3)
+    later = next_slot(due - interval * 1e-6, interval)        # a timer woken a hair early
+    assert later > due and math.isclose(later - due, interval, abs_tol=1e-6)
+    if took >= 1.0:
+        assert due <= started + took * interval
+
+
 async def test_buses_with_one_interval_poll_in_step_once_per_slot() -> None:
-    # Two TCP buses started at different points of a slot poll on the same grid of the monotonic
-    # clock (their answers share the event loop's wake-ups: bench/agent.py), once per slot.
-    interval, cycles = 0.5, 6
-
-    async def at_phase(phase: float) -> None:
-        # Placing a start in time (not waiting for an outcome): the point of the test is the phase.
-        now = time.monotonic()
-        await asyncio.sleep((now // interval + 1 + phase) * interval - now)
-
+    # Two TCP buses poll on the grid of next_slot, once per slot, each answer near its slot's start.
+    interval, cycles = 0.5, 4
     sims = [SunSpecSimulator((1,), clock=lambda: NOON, seed=s) for s in (1, 2)]
     async with sims[0].serve_tcp() as a, sims[1].serve_tcp() as b:
         srcs = [ModbusSource(replace(bus("tcp", (1,), host="127.0.0.1", tcp_port=served.port),
                                      poll_interval_seconds=interval)) for served in (a, b)]
-        await at_phase(0.5)
-        async with running(srcs[0]) as first:
-            await at_phase(0.75)
-            async with running(srcs[1]) as second:
-                await second.until(lambda: srcs[1].cycles >= cycles)
+        async with running(srcs[0]) as first, running(srcs[1]) as second:
+            await first.until(lambda: srcs[0].cycles >= cycles)
+            await second.until(lambda: srcs[1].cycles >= cycles)
     for col in (first, second):
         later = [t for t, _ in col.batches[1:]]      # the first poll of a bus is at once
         slots = [int(t // interval) for t in later]

@@ -650,11 +650,16 @@ class Agent:
 
     # -- SupportsControl (operator actions over the status socket) ---------------------------------
     async def flush_now(self, *, bulk: bool = False, wait_seconds: float = 10.0) -> dict[str, Any]:
-        """`solar-agent drain --now`: deliver now, wait for that attempt, and say what happened."""
+        """`solar-agent drain --now`: deliver now, wait for that attempt, and say what happened.
+
+        Readings polled but still waiting for their group commit (up to ``outbox.commit_interval_ms``)
+        are committed first: "now" includes the poll a technician just watched come in.
+        """
         run = self._run
         if run is None:
             raise AgentError("the agent is starting or stopping", hint="try again in a few seconds")
         drain = run.drain
+        await run.outbox.flush()
         before = await run.outbox.stats()
         stream, bulk_st = drain.stream_state, drain.bulk_state
         marks = (stream.requests_total, stream.sent_total, bulk_st.jobs_total, bulk_st.sent_total,

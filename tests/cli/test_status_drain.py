@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.config import MAX_COMMIT_INTERVAL_MS
 from agent.metrics import AgentMetrics
 from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
 from agent.status import HealthReport, StatusServer, SupportsControl
@@ -86,6 +87,24 @@ async def test_drain_now_delivers_before_the_flush_interval(tmp_path: Path,
     out = capsys.readouterr().out
     assert "outbox 20 -> 0 rows" in out and "streamed 20 rows" in out
     assert took < 15  # the flush interval is 600 s: only the operator's request can explain it
+
+
+async def test_drain_now_commits_the_readings_waiting_for_their_group_commit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Polled readings wait up to commit_interval_ms in memory; "now" must not leave them behind.
+    key, public = make_keypair(tmp_path, "agent")
+    async with running_emulator(tmp_path, public_key_pem=public) as emu:
+        site = write_config(tmp_path, login_url=emu.url, key=key, flush_interval_seconds=600.0)
+        linger = f"[outbox]\ncommit_interval_ms = {MAX_COMMIT_INTERVAL_MS}\n"
+        site.config.write_text(site.config.read_text().replace("[outbox]\n", linger))
+        async with running_agent(site) as agent:
+            assert agent.outbox is not None
+            committed = agent.outbox.enqueue(records(12))
+            assert not committed.done()
+            assert await cli("drain", "--now", "--config", site.config) == 0
+            assert committed.done()
+            assert len(emu.store.keys()) == 12
+    assert "outbox 12 -> 0 rows" in capsys.readouterr().out
 
 
 async def test_drain_now_reports_a_failed_attempt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

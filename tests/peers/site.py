@@ -42,7 +42,7 @@ from agent.simulators.broker import Broker, find_mosquitto, free_port
 from agent.simulators.mqtt_publishers import Expected, MqttPublisher
 from agent.simulators.ptypair import Mangle, PtyPair
 from agent.simulators.sunspec_device import SunSpecSimulator
-from agent.status import fetch_status
+from agent.status import fetch_status, post_control
 from tests.peers.emulator import CLIENT_ID, USERNAME, make_keypair
 from tests.waiting import wait_for
 
@@ -356,6 +356,7 @@ class Site:
         self.broker: Broker | None = None
         self.publisher: MqttPublisher | None = None
         self.agents: list[AgentProcess] = []
+        self._silenced = False
         self._stack = contextlib.AsyncExitStack()
         self._last_t = 0
         self.emu: Emulator
@@ -489,6 +490,7 @@ class Site:
             if sim is not None:
                 for u in sim.unit_ids:
                     sim.set_dead(u)
+        self._silenced = True
 
     # -- waits ----------------------------------------------------------------------------------
     def landed_keys(self) -> set[tuple[str, str]]:
@@ -500,6 +502,8 @@ class Site:
 
         Call ``silence()`` first, or the sources keep the outbox from ever being empty.
         """
+        if self._silenced and self.agents and self.agents[-1].alive():
+            await self._commit_last_polls(self.agents[-1], within)
         async def done() -> bool:
             if watcher is not None:
                 await watcher.snapshot()
@@ -520,6 +524,21 @@ class Site:
             await wait_for(done, within, "everything committed to land and the outbox to empty", every=0.1)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{await self.diagnosis()}") from None
+
+    async def _commit_last_polls(self, agent: AgentProcess, within: float) -> None:
+        """Until the agent's last readings of the silenced devices are committed.
+
+        A Modbus reading waits up to ``outbox.commit_interval_ms`` for its group commit, in the
+        agent's memory: the outbox can be empty, and everything committed landed, while it waits.
+        Once every device's last poll failed, its readings are all queued; ``drain --now``
+        commits them (and sends them) at once.
+        """
+        async def every_device_failing() -> bool:
+            st = await agent.status()
+            devices = [d for d in (st or {}).get("devices", []) if str(d.get("source")).startswith("modbus")]
+            return st is not None and all(d.get("state") in ("backoff", "down") for d in devices)
+        await wait_for(every_device_failing, within, "every silenced device's last poll to fail", every=0.1)
+        await post_control(agent.status_socket, "/control/drain?bulk=0")
 
     async def diagnosis(self) -> str:
         """What a timed-out wait needs to be understood: the outbox's totals, its bulk journal, the

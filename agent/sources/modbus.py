@@ -326,17 +326,22 @@ class ModbusSource:
         try:
             while True:
                 started = time.monotonic()
+                readings: list[Reading] = []
+                down: _BusDown | None = None
                 try:
                     await self._connect()
                     bus_backoff = min(1.0, interval)
-                    readings = await self._cycle()
+                    await self._cycle(readings)
                 except _BusDown as exc:
-                    self._bus_down(exc)
+                    down = exc
+                if readings:
+                    # Before a lost bus is handled too: the units answered before it went keep their readings.
+                    await emit(readings)
+                if down is not None:
+                    self._bus_down(down)
                     await asyncio.sleep(bus_backoff)      # reconnect backoff, capped exponential
                     bus_backoff = min(self._backoff_max, bus_backoff * 2)
                     continue
-                if readings:
-                    await emit(readings)
                 self.cycles += 1
                 # The next cycle starts on the interval's grid of the monotonic clock, so every bus
                 # of a site with the same interval polls in step, and falls back in step after an
@@ -350,8 +355,9 @@ class ModbusSource:
         finally:
             self._close()
 
-    async def _cycle(self) -> list[Reading]:
-        readings: list[Reading] = []
+    async def _cycle(self, readings: list[Reading]) -> None:
+        """Poll every due unit once, adding its readings to ``readings`` as they come (so a lost bus
+        raised midway leaves the readings of the units before it)."""
         for u in self._units:
             now = time.monotonic()
             if u.next_try > now:
@@ -371,7 +377,6 @@ class ModbusSource:
                 continue
             self._succeeded(u, got)
             readings += got
-        return readings
 
     def _bus_down(self, exc: _BusDown) -> None:
         self._close()

@@ -221,3 +221,48 @@ async def test_serial_port_that_disappears_is_reopened(pty_pair: PtyPair) -> Non
         n = len(col.of(dev_id(sim, 1)))
         await col.until(lambda: len(col.of(dev_id(sim, 1))) > n + 1, timeout=10)
     assert src.health()[0].state == "ok"
+
+
+@asynccontextmanager
+async def cutting_relay(upstream_port: int, cut_unit: int) -> AsyncIterator[int]:
+    """A Modbus TCP relay that drops the connection at every request addressed to ``cut_unit``
+    (a gateway's switch port flapping, or a Modbus TCP bridge that resets on one bad unit)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", upstream_port)
+
+        async def back() -> None:
+            while data := await up_r.read(4096):
+                writer.write(data)
+                await writer.drain()
+        pump = asyncio.create_task(back())
+        try:
+            while True:
+                header = await reader.readexactly(7)          # MBAP: tid, protocol, length, unit
+                body = await reader.readexactly(int.from_bytes(header[4:6], "big") - 1)
+                if header[6] == cut_unit:
+                    return
+                up_w.write(header + body)
+                await up_w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            pump.cancel()
+            up_w.close()
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_readings_polled_before_the_bus_is_lost_are_kept() -> None:
+    # Unit 1 answers, then the connection drops at unit 2's request, every cycle: unit 1's readings
+    # of each cycle were read and must reach the outbox although the cycle ended with a lost bus.
+    sim = SunSpecSimulator((1, 2), clock=lambda: NOON)
+    async with sim.serve_tcp() as served, cutting_relay(served.port, cut_unit=2) as port:
+        src = ModbusSource(bus("tcp", (1, 2), host="127.0.0.1", tcp_port=port), backoff_max_seconds=0.2)
+        async with running(src) as col:
+            await col.until(lambda: len(col.of(dev_id(sim, 1))) >= 2)
+            await col.until(lambda: src.health()[1].errors["connection"] >= 2)
+    assert not col.of(dev_id(sim, 2))
+    assert dict(col.of(dev_id(sim, 1))[-1][1].metrics) == expected_metrics(sim, 1)

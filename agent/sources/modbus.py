@@ -18,7 +18,10 @@ and no automatic reconnect: retrying, backing off and reopening the port are dec
   ``connection``, ``decode``: a reply our decoder failed on, contained to that device) in
   ``DeviceHealth.errors`` and logged at most once a minute per device and kind, with a hint.
 * A serial port that disappears (USB re-enumeration) or a dropped TCP connection is closed and
-  reopened with capped backoff; the cached model chains are kept.
+  reopened with capped backoff; the cached model chains are kept. Silent units do not close a TCP
+  connection (pymodbus would, after a few timeouts in a row, whichever units they were for); one on
+  which no unit answered for a few cycles is reopened.
+* The readings of the units that answered before a cycle ended early (a lost bus, a stop) are kept.
 """
 
 from __future__ import annotations
@@ -94,6 +97,12 @@ class _PollError(SourceError):
         self.kind = kind
 
 
+# Polling cycles of a TCP bus in which units were asked and none answered before the connection
+# is reopened (a peer that vanished without a reset leaves a connection that only times out).
+_SILENT_CYCLES_BEFORE_RECONNECT: Final = 3
+_NEVER: Final = 2**62
+
+
 class _NoAnswer(_PollError, DeviceTimeout):
     """The unit did not answer (``sunspec.discover`` tells silence from a refusal by these classes)."""
 
@@ -120,6 +129,20 @@ class _Unit:
     device_id: str = ""
     next_try: float = 0.0       # monotonic; the breaker skips the unit until then
     logged: dict[str, float] = field(default_factory=dict)
+
+
+def _keep_open_through_timeouts(client: AsyncModbusTcpClient) -> None:
+    """Stop pymodbus closing a TCP connection after ``retries + 3`` timeouts in a row.
+
+    It counts them across units: behind one Modbus TCP gateway, two sleeping inverters (a
+    discovery probes three bases each) cut the connection of the live ones, every cycle. The
+    source decides instead: a connection on which no unit answered for ``_SILENT_CYCLES_BEFORE_RECONNECT``
+    polling cycles is reopened. (pymodbus 3.16: ``TransactionManager.max_until_disconnect``; an
+    attribute missing in another version leaves pymodbus' own rule in place.)
+    """
+    ctx = getattr(client, "ctx", None)
+    if ctx is not None and hasattr(ctx, "max_until_disconnect"):
+        ctx.max_until_disconnect = ctx.count_until_disconnect = _NEVER
 
 
 def _wall_ms() -> int:
@@ -153,6 +176,8 @@ class ModbusSource:
         self._rx_bytes = 0      # bytes seen since the last request: tells a CRC error from silence
         self._bus_logged = 0.0
         self.cycles = 0         # completed poll cycles (status and tests)
+        self._silent_cycles = 0  # consecutive cycles in which units were asked and none answered
+        self._reopening = False  # the connection is being reopened quietly (see _keep_open_through_timeouts)
 
     def health(self) -> Sequence[DeviceHealth]:
         return [u.health for u in self._units]
@@ -173,9 +198,11 @@ class ModbusSource:
                 c.port, framer=FramerType.RTU, baudrate=c.baudrate, bytesize=c.bytesize, parity=c.parity,
                 stopbits=c.stopbits, timeout=c.timeout_seconds, retries=0, reconnect_delay=0,
                 name=self.name, trace_packet=self._trace)
-        return AsyncModbusTcpClient(c.host, port=c.tcp_port, framer=FramerType.SOCKET,
-                                    timeout=c.timeout_seconds, retries=0, reconnect_delay=0,
-                                    name=self.name, trace_packet=self._trace)
+        client = AsyncModbusTcpClient(c.host, port=c.tcp_port, framer=FramerType.SOCKET,
+                                      timeout=c.timeout_seconds, retries=0, reconnect_delay=0,
+                                      name=self.name, trace_packet=self._trace)
+        _keep_open_through_timeouts(client)
+        return client
 
     async def _connect(self) -> None:
         if self._client is not None and self._client.connected:
@@ -188,7 +215,9 @@ class ModbusSource:
             raise _BusDown(f"cannot open {self._where()}: {exc}") from exc
         if not ok:
             raise _BusDown(f"cannot open {self._where()}")
-        log.info("modbus bus connected bus=%s where=%s", self.config.name, self._where())
+        (log.debug if self._reopening else log.info)("modbus bus connected bus=%s where=%s",
+                                                       self.config.name, self._where())
+        self._reopening = False
 
     def _close(self) -> None:
         if self._client is not None:
@@ -334,6 +363,12 @@ class ModbusSource:
                     await self._cycle(readings)
                 except _BusDown as exc:
                     down = exc
+                except asyncio.CancelledError:
+                    # A stop or reload midway through a cycle: the units that answered keep their
+                    # readings (queued here, committed by the stop once the sources are done).
+                    if readings:
+                        await emit(readings)
+                    raise
                 if readings:
                     # Before a lost bus is handled too: the units answered before it went keep their readings.
                     await emit(readings)
@@ -343,6 +378,12 @@ class ModbusSource:
                     bus_backoff = min(self._backoff_max, bus_backoff * 2)
                     continue
                 self.cycles += 1
+                if self._silent_cycles >= _SILENT_CYCLES_BEFORE_RECONNECT and self.config.transport == "tcp":
+                    log.debug("modbus: no unit answered on %s for %d cycles; reopening the connection",
+                              self._where(), self._silent_cycles)
+                    self._silent_cycles = 0
+                    self._reopening = True
+                    self._close()
                 # The next cycle starts on the interval's grid of the monotonic clock, so every bus
                 # of a site with the same interval polls in step, and falls back in step after an
                 # overrun or a lost connection (counting from its own start, a bus kept any phase
@@ -358,15 +399,18 @@ class ModbusSource:
     async def _cycle(self, readings: list[Reading]) -> None:
         """Poll every due unit once, adding its readings to ``readings`` as they come (so a lost bus
         raised midway leaves the readings of the units before it)."""
+        asked = answered = False
         for u in self._units:
             now = time.monotonic()
             if u.next_try > now:
                 continue                                   # breaker open: not due yet
+            asked = True
             try:
                 got = await self._poll(u)
             except _BusDown:
                 raise
             except _PollError as exc:
+                answered = answered or exc.kind != "timeout"   # a refusal or garbage is an answer
                 self._failed(u, exc, time.monotonic())
                 continue
             except Exception as exc:  # one device's odd reply must not stop the bus: contained per unit
@@ -374,9 +418,15 @@ class ModbusSource:
                 u.chain = None        # its map may have changed: rediscover it next time
                 self._failed(u, _PollError("decode", f"unit {u.config.unit_id}: {type(exc).__name__}: {exc}"),
                              time.monotonic())
+                answered = True
                 continue
+            answered = True
             self._succeeded(u, got)
             readings += got
+        if answered:
+            self._silent_cycles = 0
+        elif asked:
+            self._silent_cycles += 1
 
     def _bus_down(self, exc: _BusDown) -> None:
         self._close()

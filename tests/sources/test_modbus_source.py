@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -224,10 +225,25 @@ async def test_serial_port_that_disappears_is_reopened(pty_pair: PtyPair) -> Non
 
 
 @asynccontextmanager
-async def cutting_relay(upstream_port: int, cut_unit: int) -> AsyncIterator[int]:
-    """A Modbus TCP relay that drops the connection at every request addressed to ``cut_unit``
-    (a gateway's switch port flapping, or a Modbus TCP bridge that resets on one bad unit)."""
+async def relay(upstream_port: int, *, cut_unit: int | None = None,
+                black_hole_first: bool = False) -> AsyncIterator[int]:
+    """A Modbus TCP relay with a fault of the network between gateway and inverters.
+
+    ``cut_unit``: the connection drops at every request addressed to that unit (a Modbus TCP bridge
+    that resets on one bad unit). ``black_hole_first``: the first connection swallows every request
+    and never closes (a peer gone without a reset, a NAT that forgot the flow); later ones relay.
+    """
+    connections = 0
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if black_hole_first and connections == 1:
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(4096):
+                    pass
+            writer.close()
+            return
         up_r, up_w = await asyncio.open_connection("127.0.0.1", upstream_port)
 
         async def back() -> None:
@@ -259,10 +275,54 @@ async def test_readings_polled_before_the_bus_is_lost_are_kept() -> None:
     # Unit 1 answers, then the connection drops at unit 2's request, every cycle: unit 1's readings
     # of each cycle were read and must reach the outbox although the cycle ended with a lost bus.
     sim = SunSpecSimulator((1, 2), clock=lambda: NOON)
-    async with sim.serve_tcp() as served, cutting_relay(served.port, cut_unit=2) as port:
+    async with sim.serve_tcp() as served, relay(served.port, cut_unit=2) as port:
         src = ModbusSource(bus("tcp", (1, 2), host="127.0.0.1", tcp_port=port), backoff_max_seconds=0.2)
         async with running(src) as col:
             await col.until(lambda: len(col.of(dev_id(sim, 1))) >= 2)
             await col.until(lambda: src.health()[1].errors["connection"] >= 2)
     assert not col.of(dev_id(sim, 2))
     assert dict(col.of(dev_id(sim, 1))[-1][1].metrics) == expected_metrics(sim, 1)
+
+
+async def test_readings_polled_before_a_stop_midway_through_a_cycle_are_kept() -> None:
+    # Unit 1 answers, then unit 2 (dead) holds the cycle for three discovery timeouts; the stop
+    # lands then. Unit 1's reading was taken and must be handed over, not dropped with the cycle.
+    sim = SunSpecSimulator((1, 2), dead_units=(2,), clock=lambda: NOON)
+    async with sim.serve_tcp() as served:
+        src = ModbusSource(bus("tcp", (1, 2), host="127.0.0.1", tcp_port=served.port))
+        col = Collector()
+        task = asyncio.create_task(src.run(col.emit))
+        async with asyncio.timeout(10):
+            while not sim.reads(2):
+                await asyncio.sleep(0.01)                   # polling a condition with a deadline
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert src.cycles == 0
+    assert [r.device_id for _, r in col.of(dev_id(sim, 1))] == [dev_id(sim, 1)]
+
+
+async def test_silent_units_do_not_cut_the_live_ones_off_a_tcp_gateway() -> None:
+    # pymodbus closes a TCP connection after retries+3 timeouts in a row, whichever units they were
+    # for; two silent units (three discovery probes each) would drop the live unit's connection.
+    sim = SunSpecSimulator((1, 2, 3), dead_units=(1, 2), clock=lambda: NOON)
+    async with sim.serve_tcp() as served:
+        src = ModbusSource(bus("tcp", (1, 2, 3), host="127.0.0.1", tcp_port=served.port))
+        async with running(src) as col:
+            await col.until(lambda: src.cycles >= 6)
+            got = len(col.of(dev_id(sim, 3)))
+            health = src.health()
+    assert got >= 6
+    assert not health[2].errors and health[2].state == "ok"
+    assert set(health[0].errors) == set(health[1].errors) == {"timeout"}
+
+
+async def test_a_tcp_connection_where_nothing_answers_is_reopened() -> None:
+    # The first connection swallows every request and never closes: after a few cycles with no
+    # answer from any unit the source opens a new one, and the unit is read through it.
+    sim = SunSpecSimulator((1,), clock=lambda: NOON)
+    async with sim.serve_tcp() as served, relay(served.port, black_hole_first=True) as port:
+        src = ModbusSource(bus("tcp", (1,), host="127.0.0.1", tcp_port=port), backoff_max_seconds=0.5)
+        async with running(src) as col:
+            await col.until(lambda: bool(col.of(dev_id(sim, 1))))
+    assert src.health()[0].errors["timeout"] >= 3

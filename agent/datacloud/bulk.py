@@ -514,8 +514,13 @@ class BulkUploader:
         try:
             await self._client.abort(rec.job_id)
         except DataCloudError as exc:
-            # resume() tries again from the journal; the rows were never acked.
+            # resume() tries again from the journal; the rows were never acked. Journaled as Open
+            # whatever step failed (a close that never landed leaves the job Open remotely): resume
+            # aborts an Open job and polls one that turns out closed, instead of polling an Open
+            # job until Data Cloud purges it.
             log.warning("could not abort bulk job job_id=%s error=%s", rec.job_id, exc)
+            with contextlib.suppress(Exception):
+                await self._save(replace(rec, state="Open"))
             return
         with contextlib.suppress(Exception):
             await self._save(replace(rec, state="Aborted"))
@@ -530,6 +535,16 @@ class BulkUploader:
             if state in TERMINAL:
                 await self._save(replace(rec, state=state))
                 return state
+            if state == "Open":
+                # Journaled as closed, yet Open: our close never landed (an agent from before the
+                # journal said Open on a failed close). It would stay Open until purged in 7 days,
+                # holding the bulk lane: abort it, its rows are uploaded again.
+                log.warning("bulk job is still Open although we closed it; aborting it, its rows will be "
+                            "re-uploaded job_id=%s", rec.job_id)
+                with contextlib.suppress(JobError):     # closed meanwhile: poll it
+                    await self._client.abort(rec.job_id)
+                    await self._save(replace(rec, state="Aborted"))
+                    return "Aborted"
             if state != rec.state and state in ("UploadComplete", "InProgress"):
                 rec = await self._save(replace(rec, state=state))
             await asyncio.sleep(poll_wait(time.monotonic() - started, first, cap) * self._rng.uniform(0.9, 1.0))

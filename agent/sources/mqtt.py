@@ -106,6 +106,7 @@ class _Pending:
     tags: list[Hashable]
     readings: list[Reading] = field(default_factory=list)
     committed: bool = False
+    commit: asyncio.Future[None] | None = None  # the emit, in its own task: a stop does not cancel it
 
 
 def parse_url(url: str, where: str = "mqtt.url") -> tuple[str, int, bool]:
@@ -203,9 +204,29 @@ class MqttSource:
                     tg.create_task(self._keepalive(client), name=f"agent[{self.name}].keepalive")
                 await self._consume(queue, client, emit, reject, tg)
         finally:
-            self.connected = False
-            client.disconnect()
-            await _stop_loop(client, self.name)
+            try:
+                await self._finish_commits(client)
+            finally:
+                self.connected = False
+                client.disconnect()
+                await _stop_loop(client, self.name)
+
+    async def _finish_commits(self, client: paho.Client) -> None:
+        """A stop or reload: the commits already started land (asked for now) and their messages
+        are acked before the disconnect. Unacked, the broker would redeliver them to the next run,
+        and a message whose reading is stamped with its receive time would land as a second reading.
+        """
+        waiting = [p.commit for p in self._pending if p.commit is not None and not p.commit.done()]
+        if waiting:
+            if self.request_commit is not None:
+                self.request_commit()
+            await asyncio.wait(waiting, timeout=STOP_COMMIT_SECONDS)
+        for p in self._pending:
+            c = p.commit
+            if c is not None and c.done() and not c.cancelled() and c.exception() is None:
+                p.committed = True
+        if self.connected:
+            self._settle(client)
 
     # -- client setup (runs in a thread: reads the password and CA files) ---------------------
     def _make_client(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Event]) -> paho.Client:
@@ -406,7 +427,10 @@ class MqttSource:
 
     async def _committing(self, pending: _Pending, client: paho.Client, emit: Emit) -> None:
         # An exception (the outbox failed) ends the source through its TaskGroup: nothing is acked.
-        await emit(pending.readings)
+        # The emit runs in a task of its own, shielded: a stop cancels this waiter, not the commit,
+        # so the stop can still ack what it commits (_finish_commits).
+        pending.commit = asyncio.ensure_future(emit(pending.readings))
+        await asyncio.shield(pending.commit)
         pending.committed = True
         self._settle(client)
 
@@ -478,6 +502,9 @@ def _read_secret(path: Path, key: str) -> str:
 
 
 LOOP_STOP_SECONDS: Final = 5.0
+# A stop waits this long at most for the commits already started, to ack their messages (a commit
+# asked for at once takes milliseconds; the agent's stop re-cancels a source after 0.5 s anyway).
+STOP_COMMIT_SECONDS: Final = 2.0
 
 
 async def _stop_loop(client: paho.Client, name: str) -> None:

@@ -109,3 +109,27 @@ async def test_a_full_window_commits_at_once(mosquitto_broker: Broker, tmp_path:
         # wait out the minute).
         await wait_for(lambda: _commit(box) and src.acked_total >= acked + n, what="the tail acked after its commit")
         assert (await box.stats()).rows == rows + n
+
+
+async def test_a_stop_acks_what_it_commits_so_the_broker_redelivers_nothing(
+        mosquitto_broker: Broker, tmp_path: Path) -> None:
+    # Messages received, their commit lingering, then a stop (SIGTERM, a reload): the stop commits
+    # them, and must ack them too, or the broker hands them to the next run, where a reading stamped
+    # with its receive time (Tasmota, Victron, Shelly, ...) would land a second time.
+    t0 = int(time.time())
+    name = "stp"
+    async with MqttPublisher("generic", mosquitto_broker.url, (), client_id="stp-pub") as pub:
+        async with source_on_outbox(mosquitto_broker, tmp_path, name) as (src, box):
+            await _live(src, box, pub, name, t0)
+            received, acked, rows = src.received_total, src.acked_total, (await box.stats()).rows
+            await pub.publish(_msgs(name, t0, 5))
+            await wait_for(lambda: src.received_total >= received + 5, what="5 messages decoded")
+            assert src.acked_total == acked and (await box.stats()).rows == rows   # lingering
+        # source_on_outbox cancelled the source: the stop committed the 5 and acked them.
+        assert src.acked_total == acked + 5
+        # The next run, same client id and session: the broker holds nothing for it. A marker
+        # published now comes after anything it would redeliver (QoS 1 keeps the order).
+        async with source_on_outbox(mosquitto_broker, tmp_path / "next", name) as (again, _):
+            await pub.publish(_msgs(name, t0, 1, start=100))
+            await wait_for(lambda: again.received_total >= 1, what="the marker")
+            assert again.received_total == 1, "the broker redelivered messages the stop had committed"

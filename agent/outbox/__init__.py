@@ -6,8 +6,9 @@ Contract (see design.md "Durability"):
   configured ``synchronous`` level. Concurrent appends share one transaction (group commit).
   ``enqueue`` queues records for a commit that waits up to ``commit_interval_ms`` for more (fewer
   commits: less SD-card wear); its future settles when that commit is made.
-  Appending an ``event_id`` that is already queued replaces nothing and is not an error: the
-  first copy stays (a redelivered MQTT message is idempotent).
+  Appending an ``event_id`` that is already queued is not an error: a replay (a redelivered MQTT
+  message) changes nothing; a fuller copy (a cycle re-emitted with its late fields) makes the
+  queued row the union of both, queued anew if the first was in flight.
 * ``lease`` hands out queued rows that are not leased and whose retry time has come, oldest first,
   up to ``max_records`` and ``max_bytes`` of payload. ``older_than_ms`` restricts to rows enqueued
   before that wall time (the bulk lane takes the old part of a backlog). A leased row is invisible

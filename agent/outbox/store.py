@@ -43,11 +43,12 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 from urllib.parse import quote
@@ -70,7 +71,7 @@ from agent.outbox.types import (
     RejectedRow,
     ReleaseResult,
 )
-from agent.records import EncodedRecord, Reading, RejectedInput
+from agent.records import EncodedRecord, Reading, RejectedInput, encode_json
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,21 @@ _SEQ_END: Final = 2**63 - 1
 # An ack rewrites at most this many other rows to empty the table in one go (_t_delete_leased):
 # they fit SQLite's page cache, so the TEMP copy never touches the disk.
 _ACK_KEEP_MAX: Final = 1000
+
+
+def _union(stored: bytes, later: bytes) -> bytes | None:
+    """Two copies of one record as one: every field of either, the later copy's where both have one.
+
+    None when either is not a JSON object (not a record this agent wrote: leave the row alone).
+    """
+    try:
+        a, b = json.loads(stored), json.loads(later)
+    except ValueError:
+        return None
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return None
+    a.update((k, v) for k, v in b.items() if v is not None)
+    return encode_json(a)
 
 
 def _disk_cost(payload_bytes: int) -> int:
@@ -784,10 +800,11 @@ class Outbox:
             self._t.rows += n
             self._t.bytes += incoming
             return [AppendResult(len(records), 0, 0) for records in items]
-        # Some were queued already (a redelivered MQTT message): the first copy of an id is the one
-        # stored, so each item gets credit for the copies that are new, in submission order.
+        # Some were queued already (a redelivered MQTT message, a cycle re-emitted fuller): each item
+        # gets credit for the copies that are new, in submission order; the others may complete a row.
         new = dict(conn.execute("SELECT event_id, bytes FROM events WHERE seq > ?", (before,)).fetchall())
         results: list[Any] = []
+        known: list[EncodedRecord] = []
         for records in items:
             appended = 0
             for r in records:
@@ -796,8 +813,39 @@ class Outbox:
                     appended += 1
                     self._t.rows += 1
                     self._t.bytes += size
+                else:
+                    known.append(r)
             results.append(AppendResult(appended, len(records) - appended, 0))
+        self._t_complete_known(conn, known, now)
         return results
+
+    def _t_complete_known(self, conn: sqlite3.Connection, known: Iterable[EncodedRecord], now: int) -> None:
+        """Records whose event id is queued already: a fuller copy completes the queued row.
+
+        A replay (a redelivered message, a restart) carries the same payload: nothing to do. A
+        topic-per-field feed re-emits a cycle that an idle flush cut short, with the fields that came
+        later and the same time (sources/profiles/_base.py, Assembler): the queued row must get them,
+        or they are lost while it waits for the next flush. The row becomes the union of both copies
+        (a field null in one is taken from the other; the later copy wins where both have one), as a
+        new row at the end of the queue: a row in flight keeps its lease and its ack, and the union
+        is sent after it (Data Cloud upserts by event id).
+        """
+        for r in known:
+            row = conn.execute(
+                f"SELECT seq, payload, bytes, {BULK_LEASE_OF_ROW} IS NOT NULL OR {_SOFT_LEASED} "
+                "FROM events WHERE event_id = ?", (r.event_id,)).fetchone()
+            if row is None or row[1] == r.payload:
+                continue
+            seq, stored, size, leased = row
+            merged = _union(stored, r.payload)
+            if merged is None or merged == stored:
+                continue
+            conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
+            conn.execute("INSERT INTO events (event_id, bytes, enqueued_ms, time_ms, payload, object) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (r.event_id, len(merged), now, r.time_ms, merged, r.object))
+            self._t.bytes += len(merged) - size
+            if leased:
+                self._t.leased -= 1
 
     def _sync_wal(self) -> None:
         """Flush the WAL to the disk (the syncer thread: after append groups committed unsynced)."""
@@ -860,11 +908,14 @@ class Outbox:
         )
         n = conn.total_changes - changes
         if n == len(records):
-            added = incoming
-        else:
-            added = int(conn.execute("SELECT total(bytes) FROM events WHERE seq > ?", (before,)).fetchone()[0])
+            self._t.rows += n
+            self._t.bytes += incoming
+            return AppendResult(n, 0, dropped)
+        new = dict(conn.execute("SELECT event_id, bytes FROM events WHERE seq > ?", (before,)).fetchall())
         self._t.rows += n
-        self._t.bytes += added
+        self._t.bytes += sum(new.values())
+        known = [r for r in records if new.pop(r.event_id, None) is None]
+        self._t_complete_known(conn, known, now)
         return AppendResult(n, len(records) - n, dropped)
 
     def _t_make_room(self, conn: sqlite3.Connection, deficit: int, incoming_rows: int, why: str) -> int:

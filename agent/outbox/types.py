@@ -61,7 +61,8 @@ class BulkJobRecord:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """What one ``append`` did: rows stored, rows already queued (kept the first), old rows dropped to fit."""
+    """What one ``append`` did: rows stored, rows already queued (a replay, or a fuller copy that
+    completed the queued row), old rows dropped to fit."""
 
     appended: int
     duplicates: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import stat
 import threading
@@ -13,6 +14,8 @@ import pytest
 
 from agent.errors import OutboxError, OutboxFatalError
 from agent.outbox import AppendResult, BulkJobRecord, Outbox, read_stats
+from agent.records import EncodedRecord, Reading, RecordBuilder, load_schema
+from agent.sources.profiles.opendtu import OpenDtuDecoder
 from tests.outbox.conftest import Clock, make_records
 
 
@@ -30,17 +33,73 @@ async def test_append_is_stored_and_counted(outbox: Outbox, db_path: Path) -> No
     assert st.file_bytes > 0
 
 
-async def test_duplicates_keep_the_first_copy(outbox: Outbox) -> None:
+async def test_a_replay_keeps_the_queued_row(outbox: Outbox) -> None:
     recs = make_records(3)
     await outbox.append(recs)
-    changed = type(recs[0])(recs[0].event_id, b'{"other":1}', 0)
-    result = await outbox.append([changed, *make_records(1, start=3), make_records(1, start=3)[0]])
+    result = await outbox.append([recs[0], *make_records(1, start=3), make_records(1, start=3)[0]])
     assert result == AppendResult(1, 2, 0)
-    rows = await outbox.peek()
-    assert rows[0].payload == recs[0].payload
+    assert ids(await outbox.peek()) == [r.event_id for r in make_records(4)]
     st = await outbox.stats()
     assert st.rows == 4
     assert st.bytes == sum(len(r.payload) for r in make_records(4))
+
+
+# A topic-per-field feed (Victron, SolarAssistant) whose fields come more than the idle time apart:
+# the cycle is flushed with what came, then emitted again with every field and the same time, so
+# the same event id (sources/profiles/_base.py, Assembler). The queued row must end up with both.
+_CYCLE = RecordBuilder(load_schema(), "site-union", "001UNION", "0.1.0")
+
+
+def _cycle(**metrics: float) -> EncodedRecord:
+    return _CYCLE.encode(Reading("victron-hq1", 1_700_000_000_000, "victron", metrics))
+
+
+def _fields(payload: bytes) -> dict[str, object]:
+    return {k: v for k, v in json.loads(payload).items() if v is not None}
+
+
+async def test_a_fuller_copy_completes_the_queued_row(outbox: Outbox) -> None:
+    first, whole = _cycle(ac_power_w=1200.0), _cycle(ac_power_w=1200.0, battery_soc_pct=81.0)
+    assert first.event_id == whole.event_id
+    await outbox.append([first])
+    assert await outbox.append([whole]) == AppendResult(0, 1, 0)       # no new reading: the same one, fuller
+    rows = await outbox.peek()
+    assert len(rows) == 1 and _fields(rows[0].payload) == _fields(whole.payload)
+    # A fragment of it arriving later (a redelivered message after a restart) takes nothing away.
+    await outbox.append([_cycle(battery_soc_pct=81.0)])
+    assert _fields((await outbox.peek())[0].payload) == _fields(whole.payload)
+    st = await outbox.stats()
+    assert (st.rows, st.bytes, st.leased) == (1, len(rows[0].payload), 0)
+
+
+async def test_an_idle_flushed_cycle_and_its_rest_land_whole(outbox: Outbox) -> None:
+    # The decoder's own two emits (tests/sources/test_profiles.py: test_idle_flush_keeps_the_cycle_whole),
+    # committed in turn while the first still waits for the next flush.
+    d = OpenDtuDecoder(idle_ms=1000)
+    d.feed("solar/114182912345/status/last_update", b"1732860000", 1_732_860_000_000)
+    d.feed("solar/114182912345/0/power", b"1", 1_732_860_000_000)
+    first = d.tick(1_732_860_001_500)
+    d.feed("solar/114182912345/0/voltage", b"230", 1_732_860_001_600)
+    rest = d.tick(1_732_860_003_000)
+    await outbox.append([_CYCLE.encode(r) for r in first])
+    await outbox.append([_CYCLE.encode(r) for r in rest])
+    rows = await outbox.peek()
+    assert len(rows) == 1
+    assert {"ac_power_w": 1.0, "ac_voltage_v": 230.0}.items() <= _fields(rows[0].payload).items()
+
+
+@pytest.mark.parametrize("lane", ["stream", "bulk"])
+async def test_a_fuller_copy_of_a_row_in_flight_is_queued_after_it(outbox: Outbox, lane: str) -> None:
+    first, whole = _cycle(ac_power_w=1200.0), _cycle(ac_power_w=1200.0, battery_soc_pct=81.0)
+    await outbox.append([first, *make_records(2)])
+    lease = await (outbox.lease(10, 1_000_000) if lane == "stream" else outbox.lease_bulk(10))
+    assert lease is not None and lease.count == 3
+    await outbox.append([whole])                    # while the partial copy is on its way
+    assert await outbox.ack(lease) == 2             # the partial copy is no longer queued; the rest is
+    st = await outbox.stats()
+    assert (st.rows, st.leased) == (1, 0)
+    again = await outbox.lease(10, 1_000_000)
+    assert again is not None and [_fields(r.payload) for r in again.rows] == [_fields(whole.payload)]
 
 
 async def test_group_commit_shares_one_transaction(outbox: Outbox) -> None:

@@ -191,7 +191,8 @@ class Assembler:
     (the device started the next cycle), or after ``idle_ms`` without a contribution (``tick``).
     After an idle flush the cycle stays open: later fields of the same cycle are emitted again
     with the *union* of the metrics and the same time, so the upsert by event_id keeps the whole
-    cycle rather than replacing it with a fragment.
+    cycle rather than replacing it with a fragment (the outbox completes a row still queued with
+    it, and Data Cloud upserts one already delivered).
     """
 
     def __init__(self, source: str, idle_ms: int = DEFAULT_IDLE_MS,

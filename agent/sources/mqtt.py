@@ -17,7 +17,11 @@ cannot become readings (a malformed payload, or one the decoder fails on) is ack
 ``await reject(...)`` recorded it in the outbox, so a broker never redelivers a poison message in
 a loop; a message that feeds no reading on purpose (names, status) is acked once counted. If the
 process dies in between, the broker still holds the message unacked and redelivers it on the next
-connect.
+connect. A redelivery must give the same readings (same event ids, so the replay upserts): a stop
+acks what it commits before it disconnects, and a message redelivered after a dropped connection
+(DUP set) is decoded with the receive time it first came with (kept per topic and payload until
+acked), for the profiles whose readings carry their receive time. After a crash that memory is
+gone: such a message may then land twice, with two receive times.
 
 Containment. Each message is decoded inside its own guard: whatever the decoder raises rejects
 that message with a reason and the next one goes on. Every message is counted per outcome
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import random
 import ssl
@@ -61,6 +66,10 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_SECONDS: Final = 7 * 24 * 3600   # a week-long outage of the agent still gets its queue
 RECEIVE_MAXIMUM: Final = 100                     # unacked QoS 1 messages the broker may have in flight
+# Receive times of QoS 1 messages not acked yet, kept across reconnects: a message redelivered
+# after a dropped connection (DUP set) is decoded with the time it first came, so a reading stamped
+# with its receive time keeps its event id and the replay upserts instead of landing twice.
+REDELIVERY_MEMORY: Final = 4 * RECEIVE_MAXIMUM
 # MQTT 3.1.1 has no receive maximum: the broker's own limit applies. mosquitto's max_inflight_messages
 # defaults to 20 (mosquitto.conf(5), "max_inflight_messages"); a broker allowing more only gets
 # earlier commits from us.
@@ -170,6 +179,9 @@ class MqttSource:
         self.acked_total = 0
         self.received_total = 0
         self._pending: collections.deque[_Pending] = collections.deque()
+        # (topic, payload digest) -> first receive ms of an unacked QoS 1 message; ack tag -> its entry.
+        self._first_seen: collections.OrderedDict[tuple[str, bytes], int] = collections.OrderedDict()
+        self._seen_by_tag: dict[Hashable, tuple[tuple[str, bytes], int]] = {}
         self._unacked = 0             # QoS 1 messages of this connection received and not acked yet
         self._window = RECEIVE_MAXIMUM if protocol == 5 else LEGACY_INFLIGHT_WINDOW
         self._landed = asyncio.Event()    # set whenever a commit landed and its acks went out
@@ -323,6 +335,7 @@ class MqttSource:
             return
         self._gen = ev.gen
         self._decoder.reset()                    # the broker redelivers whatever we held unacked
+        self._seen_by_tag.clear()                # packet ids start again; _first_seen stays for the redeliveries
         self._unacked = 0                        # ... and whatever is still on its way to a commit
         self.connected = True
         self._ever_connected = True
@@ -366,6 +379,8 @@ class MqttSource:
         tag: Hashable | None = (msg.mid, msg.qos) if msg.qos > 0 else None
         now = _now_ms()
         self._last_message_ms = now
+        if tag is not None:
+            now = self._receive_time(msg, tag, now)
         rejected: RejectedInput | None = None
         try:
             readings = self._decoder.feed(msg.topic, msg.payload, now, tag)
@@ -396,6 +411,24 @@ class MqttSource:
         if rejected is not None and reject is not None:
             await reject(rejected)      # durable before the ack below
         await self._commit(readings, client, emit, tg)
+
+    def _receive_time(self, msg: _Msg, tag: Hashable, now_ms: int) -> int:
+        """When this QoS 1 message first came: now, unless it is a redelivery of one we have not acked."""
+        key = (msg.topic, hashlib.blake2b(msg.payload, digest_size=16).digest())
+        first = self._first_seen.get(key) if msg.dup else None
+        t = now_ms if first is None else first
+        self._first_seen[key] = t
+        self._first_seen.move_to_end(key)
+        self._seen_by_tag[tag] = (key, t)
+        while len(self._first_seen) > REDELIVERY_MEMORY:
+            self._first_seen.popitem(last=False)
+        return t
+
+    def _forget_receive_time(self, tag: Hashable) -> None:
+        """The message is acked: the broker will not redeliver it."""
+        entry = self._seen_by_tag.pop(tag, None)
+        if entry is not None and self._first_seen.get(entry[0]) == entry[1]:
+            del self._first_seen[entry[0]]
 
     def _rejected(self, msg: _Msg, reason: str, detail: str, now_ms: int) -> RejectedInput:
         return RejectedInput(self.name, msg.topic[:1000], reason, detail, msg.payload[:PAYLOAD_HEAD_BYTES],
@@ -450,6 +483,7 @@ class MqttSource:
             for tag in done.tags:
                 mid, qos = _ack_key(tag)
                 client.ack(mid, qos)
+                self._forget_receive_time(tag)
                 self.acked_total += 1
                 if qos > 0:
                     self._unacked -= 1

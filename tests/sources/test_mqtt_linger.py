@@ -23,15 +23,17 @@ from agent.simulators.mqtt_publishers import Message, MqttPublisher
 from agent.sources import SupportsCommitRequest
 from agent.sources.mqtt import RECEIVE_MAXIMUM, MqttSource
 from tests.peers.mosquitto import Broker, mosquitto_broker  # noqa: F401 (fixture)
+from tests.peers.tcp_relay import TcpRelay
 from tests.waiting import wait_for
 
 LINGER_MS = 60_000
 
 
 @contextlib.asynccontextmanager
-async def source_on_outbox(broker: Broker, tmp_path: Path, name: str) -> AsyncIterator[tuple[MqttSource, Outbox]]:
-    cfg = MqttConfig(name=name, url=broker.url, profile="generic", topics=(f"{name}/+/telemetry",),
-                     fields=(("ac_power_w", "W"),), time_path="ts")
+async def source_on_outbox(broker: Broker, tmp_path: Path, name: str, *, url: str = "",
+                           time_path: str = "ts") -> AsyncIterator[tuple[MqttSource, Outbox]]:
+    cfg = MqttConfig(name=name, url=url or broker.url, profile="generic", topics=(f"{name}/+/telemetry",),
+                     fields=(("ac_power_w", "W"),), time_path=time_path)
     builder = RecordBuilder(load_schema(), "site-linger", "001LINGER", "0.1.0")
     async with Outbox(OutboxConfig(path=tmp_path / "o.db", commit_interval_ms=LINGER_MS)) as box:
 
@@ -133,3 +135,26 @@ async def test_a_stop_acks_what_it_commits_so_the_broker_redelivers_nothing(
             await pub.publish(_msgs(name, t0, 1, start=100))
             await wait_for(lambda: again.received_total >= 1, what="the marker")
             assert again.received_total == 1, "the broker redelivered messages the stop had committed"
+
+
+async def test_a_message_redelivered_after_a_dropped_connection_keeps_its_reading(
+        mosquitto_broker: Broker, tmp_path: Path) -> None:
+    # Readings stamped with their receive time (no time_path: Tasmota, Victron, Shelly do the same).
+    # The link drops while their commit lingers: the broker redelivers the unacked messages (DUP set)
+    # on the next connection. They must decode to the same readings, not to three more.
+    t0 = int(time.time())
+    name = "dup"
+    async with (TcpRelay(mosquitto_broker.port) as relay,
+                source_on_outbox(mosquitto_broker, tmp_path, name, url=f"mqtt://127.0.0.1:{relay.port}",
+                                 time_path="") as (src, box),
+                MqttPublisher("generic", mosquitto_broker.url, (), client_id="dup-pub") as pub):
+        await _live(src, box, pub, name, t0)
+        received, acked, rows = src.received_total, src.acked_total, (await box.stats()).rows
+        await pub.publish(_msgs(name, t0, 3))
+        await wait_for(lambda: src.received_total >= received + 3, what="3 messages decoded")
+        connects = src.connects
+        relay.cut()
+        await wait_for(lambda: src.connects > connects, timeout=30, what="the source to reconnect")
+        await wait_for(lambda: src.received_total >= received + 6, timeout=30, what="the 3 redelivered")
+        await wait_for(lambda: _commit(box) and src.acked_total >= acked + 3, what="the redeliveries acked")
+        assert (await box.stats()).rows == rows + 3

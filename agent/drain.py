@@ -509,7 +509,10 @@ class Drain:
                 self._answer_yield()
                 await self._bulk_kick.wait(check_every)
                 continue
-            await self.run_bulk_once()
+            if await self.run_bulk_once() is None:
+                # Due, yet no row older than the fresh window (a burst of fresh rows past bulk_min_rows:
+                # held readings released, dead letters requeued): wait for them to age, do not spin.
+                await self._bulk_kick.wait(check_every)
 
     async def run_bulk_once(self) -> str | None:
         """Lease the old part of the backlog and push it through one bulk job."""

@@ -131,6 +131,31 @@ async def test_bulk_waits_for_a_backlog_worth_it(make_rig) -> None:  # type: ign
         assert rig.drain.bulk_state.jobs_total == 0
 
 
+async def test_a_due_backfill_of_fresh_rows_waits_for_them_to_age(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """More fresh rows than bulk_min_rows (held readings released, dead letters requeued): a backfill is
+    due but nothing is older than the fresh window. The bulk lane waits; it used to lease again at once,
+    about a hundred outbox queries a second for minutes (a core of a Pi)."""
+    async with make_rig(drain_config(flush_interval_seconds=600, bulk_min_rows=50)) as rig:
+        calls = 0
+        first, more = asyncio.Event(), asyncio.Event()
+        lease_bulk = rig.outbox.lease_bulk
+
+        async def counting(*args: object, **kw: object) -> object:
+            nonlocal calls
+            calls += 1
+            if calls in (1, 4):
+                (first if calls == 1 else more).set()
+            return await lease_bulk(*args, **kw)  # type: ignore[arg-type]
+        rig.outbox.lease_bulk = counting  # type: ignore[method-assign]
+        await rig.append(records(100))
+        rig.drain._bulk_kick.set()        # the lane's periodic check, now rather than in 30 s
+        await asyncio.wait_for(first.wait(), 10)
+        with pytest.raises(TimeoutError):
+            # A spinning lane leases again within milliseconds; a waiting one not before its next check.
+            await asyncio.wait_for(more.wait(), 1.0)
+        assert rig.drain.bulk_state.jobs_total == 0
+
+
 async def test_throttling_slows_down_and_loses_nothing(make_rig) -> None:  # type: ignore[no-untyped-def]
     async with make_rig(drain_config(batch_max_bytes=20_000)) as rig:
         rig.emu.set_faults(Faults(status_rates={429: 1.0}, retry_after_seconds=1))

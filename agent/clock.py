@@ -10,10 +10,15 @@ earlier boot cannot be re-stamped (the boot clock restarted), and the caller fla
 
 How "synchronised" is decided, first answer wins:
 1. ``/run/systemd/timesync/synchronized`` exists (systemd-timesyncd touched it after a sync);
-2. ``adjtimex()`` read-only: ``TIME_ERROR`` or the ``STA_UNSYNC`` status bit means unsynced
+2. its directory exists but the flag does not: timesyncd runs (the directory is its
+   ``RuntimeDirectory=``, Debian 12's systemd-timesyncd 252 unit) and has not synchronised in this
+   boot. Without a hardware clock that set the time at boot (``/sys/class/rtc/rtc*/hctosys``),
+   the clock is what timesyncd saved before the last shutdown or power cut: hours or days behind,
+   yet past the floor below. Unsynced. (With an RTC that set it, go on: the RTC is trusted.)
+3. ``adjtimex()`` read-only: ``TIME_ERROR`` or the ``STA_UNSYNC`` status bit means unsynced
    (chrony and ntpd keep this up to date). Under the shipped unit ``ProtectClock=`` forbids the
    call, so it fails with EPERM and we fall through;
-3. the wall clock is not before :data:`NOT_BEFORE_MS`.
+4. the wall clock is not before :data:`NOT_BEFORE_MS`.
 Whatever the source says, a wall time before :data:`NOT_BEFORE_MS` is never treated as synced.
 """
 
@@ -36,6 +41,7 @@ __all__ = [
     "SyncState",
     "adjtimex_synced",
     "detect_sync",
+    "rtc_set_the_clock",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 NOT_BEFORE_MS = 1_735_689_600_000
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+RTC_CLASS = Path("/sys/class/rtc")
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 _TIME_ERROR = 5          # adjtimex() return value: clock not synchronised
@@ -87,12 +94,30 @@ class SyncState:
     source: str               # timesyncd | adjtimex | unknown
 
 
+def rtc_set_the_clock(rtc_class: Path = RTC_CLASS) -> bool:
+    """Whether a hardware clock set the system time at boot (the kernel's ``hctosys`` of an RTC)."""
+    try:
+        devices = list(rtc_class.iterdir())
+    except OSError:
+        return False
+    for d in devices:
+        try:
+            if (d / "hctosys").read_text().strip() == "1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def detect_sync(
-    flag: Path = TIMESYNC_FLAG, adjtimex: Callable[[], bool | None] = adjtimex_synced
+    flag: Path = TIMESYNC_FLAG, adjtimex: Callable[[], bool | None] = adjtimex_synced,
+    rtc_set: Callable[[], bool] = rtc_set_the_clock,
 ) -> SyncState:
     """What the system says about clock synchronisation (the floor check is the guard's job)."""
     if flag.exists():
         return SyncState(True, "timesyncd")
+    if flag.parent.is_dir() and not rtc_set():
+        return SyncState(False, "timesyncd")
     answer = adjtimex()
     if answer is not None:
         return SyncState(answer, "adjtimex")

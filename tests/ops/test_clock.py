@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.clock import NOT_BEFORE_MS, ClockGuard, ClockSources, SyncState, adjtimex_synced, detect_sync
+from agent.clock import (
+    NOT_BEFORE_MS,
+    ClockGuard,
+    ClockSources,
+    SyncState,
+    adjtimex_synced,
+    detect_sync,
+    rtc_set_the_clock,
+)
 
 JAN_2026 = 1_767_225_600_000
 BOOT = "b0000000-0000-4000-8000-000000000001"
@@ -118,11 +126,37 @@ def test_assume_synced_still_honours_the_floor() -> None:
 
 
 def test_detect_sync_order(tmp_path: Path) -> None:
-    flag = tmp_path / "synchronized"
+    flag = tmp_path / "timesync" / "synchronized"      # no timesyncd: its runtime directory is absent
     assert detect_sync(flag, adjtimex=lambda: None) == SyncState(None, "unknown")
     assert detect_sync(flag, adjtimex=lambda: False) == SyncState(False, "adjtimex")
+    flag.parent.mkdir()
     flag.touch()
     assert detect_sync(flag, adjtimex=lambda: False) == SyncState(True, "timesyncd")
+
+
+def test_timesyncd_not_synced_yet_means_a_stale_clock_without_an_rtc(tmp_path: Path) -> None:
+    # A Raspberry Pi after a power cut, under the shipped unit: timesyncd runs (its RuntimeDirectory
+    # exists, Debian 12's systemd-timesyncd 252) and set the clock to the time it saved before the cut,
+    # past the floor; the flag comes with its first sync; adjtimex is denied (ProtectClock=yes).
+    flag = tmp_path / "timesync" / "synchronized"
+    flag.parent.mkdir()
+    assert detect_sync(flag, adjtimex=lambda: None, rtc_set=lambda: False) == SyncState(False, "timesyncd")
+    stale = FakeClocks(wall=JAN_2026, boot=7, state=detect_sync(flag, adjtimex=lambda: None, rtc_set=lambda: False))
+    assert ClockGuard(stale.sources()).stamp().quality == "unsynced"
+    # An industrial box whose battery-backed RTC set the clock at boot: trusted (past the floor).
+    assert detect_sync(flag, adjtimex=lambda: None, rtc_set=lambda: True) == SyncState(None, "unknown")
+    flag.touch()
+    assert detect_sync(flag, adjtimex=lambda: None, rtc_set=lambda: False) == SyncState(True, "timesyncd")
+
+
+def test_rtc_set_the_clock_reads_hctosys(tmp_path: Path) -> None:
+    assert rtc_set_the_clock(tmp_path / "absent") is False
+    (tmp_path / "rtc0").mkdir()
+    (tmp_path / "rtc0" / "hctosys").write_text("0\n")
+    (tmp_path / "rtc1").mkdir()                          # no hctosys file (a driver without it)
+    assert rtc_set_the_clock(tmp_path) is False
+    (tmp_path / "rtc0" / "hctosys").write_text("1\n")
+    assert rtc_set_the_clock(tmp_path) is True
 
 
 def test_real_sources_answer_something() -> None:

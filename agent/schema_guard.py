@@ -22,10 +22,11 @@ Pure bookkeeping: the drain calls it and does the I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Final, Literal
 
-__all__ = ["MIN_SUSPECTS", "RECHECK_SECONDS", "VALIDATE_EVERY_SECONDS", "SchemaGuard", "Verdict"]
+__all__ = ["MIN_SUSPECTS", "RECHECK_SECONDS", "VALIDATE_EVERY_SECONDS", "SchemaGuard", "Verdict", "reason_shape"]
 
 VALIDATE_EVERY_SECONDS: Final = 900.0      # one /actions/test call every 15 minutes while delivering
 RECHECK_SECONDS: Final = 300.0             # while stopped by a mismatch
@@ -38,6 +39,19 @@ HINT: Final = ("the schema uploaded to the Ingestion API connector is not the on
                "upload the schema file shipped with this version (datacloud.schema_path, or "
                "/usr/share/solar-agent/solar_panel_event.yaml) to the connector in Data Cloud Setup; "
                "the rows stay queued and are delivered once it matches (or run `solar-agent drain --now`)")
+
+
+def reason_shape(reason: str) -> str:
+    """A refusal's reason without the values it quotes: one schema problem, whatever each record holds.
+
+    everit-json-schema's messages (the format of ``/actions/test``'s causingExceptions, [VAL]) quote
+    the value for a format problem, ``#/date_time: [2025-...] is not a valid date``: a connector whose
+    field has another type refuses every record with a reason of its own.
+    """
+    return _QUOTED.sub("[]", reason)
+
+
+_QUOTED: Final = re.compile(r"\[[^\]]*\]|\"(?:[^\"\\]|\\.)*\"")
 
 
 class SchemaGuard:
@@ -61,11 +75,11 @@ class SchemaGuard:
 
     def on_refused(self, rejected: Mapping[str, str]) -> Verdict:
         """A delivery in which Data Cloud accepted nothing; ``rejected`` is event id -> reason."""
-        reasons = set(rejected.values())
+        shapes = {reason_shape(r): r for r in rejected.values()}
         ids = set(rejected)
-        if len(reasons) != 1:
+        if len(shapes) != 1:
             return "dead_letter"             # several reasons: the records differ, not the schema
-        (reason,) = reasons
+        ((reason, example),) = shapes.items()
         if ids <= self._deferred and self._accepted_since_defer:
             self._deferred -= ids
             return "dead_letter"             # refused again after others passed: bad on their own
@@ -77,7 +91,7 @@ class SchemaGuard:
         self._suspects |= ids
         if self._strikes >= 2:
             if len(self._suspects) >= MIN_SUSPECTS:
-                self.declare(reason, "refusals")
+                self.declare(example, "refusals")
                 return "mismatch"
             self._strikes = 0
             return "dead_letter"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -109,12 +109,24 @@ async def test_a_mismatched_connector_stops_delivery_and_keeps_every_row(tmp_pat
         assert (stats.rows, stats.dead_letters) == (0, 0)
 
 
-async def test_without_the_dry_run_two_refused_batches_stop_delivery(tmp_path: Path) -> None:
+def _date_schema(tmp_path: Path) -> Path:
+    """date_time uploaded as a date: every record is refused with its own value in the reason
+    (everit's format message, ``#/date_time: [<value>] is not a valid date``)."""
+    doc = yaml.safe_load(default_schema_path().read_text())
+    doc["components"]["schemas"]["solar_panel_event"]["properties"]["date_time"]["format"] = "date"
+    path = tmp_path / "date.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("connector", [_older_schema, _date_schema])
+async def test_without_the_dry_run_two_refused_batches_stop_delivery(
+        tmp_path: Path, connector: Callable[[Path], Path]) -> None:
     """Where /actions/test is not offered, the refusals themselves tell a schema from bad records."""
     _, public = make_keypair(tmp_path)
     async with Outbox(OutboxConfig(path=tmp_path / "outbox.db")) as outbox:
         await outbox.append(records(120))
-        async with _emulator(tmp_path, public, schema_path=_older_schema(tmp_path)) as bad, \
+        async with _emulator(tmp_path, public, schema_path=connector(tmp_path)) as bad, \
                 _drain(tmp_path, bad.url, outbox) as drain:
             drain._validate_at = float("inf")           # as if the org answered 404 to the dry run
             await wait_for(lambda: bool(drain.guard.mismatch), 15, "the mismatch found by refusals")

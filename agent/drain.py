@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from agent.config import DrainConfig
 from agent.datacloud.streaming import Backoff, DeliveryResult
-from agent.errors import AuthError, DataCloudError, OutboxError, RetryableError, ThrottledError
+from agent.errors import DataCloudError, OutboxError, ThrottledError
 from agent.outbox import Lease, OutboxStats
 from agent.records import STREAMING_OVERHEAD
 from agent.schema_guard import HINT as MISMATCH_HINT
@@ -105,7 +105,8 @@ class DrainOutbox(Protocol):
 class StreamSink(Protocol):
     """Delivers one batch: accepted and rejected ids; raises Throttled/Retryable/Auth errors."""
 
-    async def deliver(self, rows: list[tuple[str, bytes]]) -> DeliveryResult: ...
+    async def deliver(self, rows: list[tuple[str, bytes]], *,
+                      pace: Callable[[], Awaitable[None]] | None = None) -> DeliveryResult: ...
 
 
 @runtime_checkable
@@ -380,21 +381,9 @@ class Drain:
         state.active = True
         try:
             state.requests_total += 1
-            result = await self.stream.deliver(rows)
-        except ThrottledError as exc:
-            if self.pacer is not None:
-                self.pacer.on_throttle(exc.retry_after)
-            # Everyone throttled in the same second hears the same Retry-After: spread the retries
-            # over one more such period instead of returning as one wave.
-            delay = (exc.retry_after * (1 + self._rng.random()) if exc.retry_after is not None
-                     else self._stream_backoff.next_delay())
-            return await self._retry_later(lease, f"throttled (429): {exc}", delay)
-        except (RetryableError, AuthError) as exc:
-            delay = self._stream_backoff.next_delay()
-            return await self._retry_later(lease, f"{type(exc).__name__}: {exc}", delay)
+            result = await self.stream.deliver(rows, pace=self.pacer.wait if self.pacer is not None else None)
         except DataCloudError as exc:
-            delay = self._stream_backoff.next_delay()
-            return await self._retry_later(lease, f"{type(exc).__name__}: {exc}", delay)
+            return await self._delivery_failed(lease, exc)
         except Exception as exc:  # contained: an answer no client check foresaw must not strand the lease
             log.debug("stream: unexpected error traceback", exc_info=exc)
             delay = self._stream_backoff.next_delay()
@@ -416,6 +405,11 @@ class Drain:
             log.warning("stream: %d record(s) rejected by Data Cloud, moved to dead letters; first: %s "
                         "hint=see `solar-agent outbox dead-letters`", len(rejected), next(iter(rejected.values())))
         acked = await self.outbox.ack(lease, accepted) if accepted else 0
+        if result.error is not None:
+            # Part of the batch was settled before a request failed (a 429 midway through a bisection):
+            # that part stays settled, the rest goes back to the queue and waits like any failure.
+            self._on_sent("stream", acked)
+            return await self._delivery_failed(lease, result.error)
         if self.pacer is not None:
             self.pacer.on_success()
         if state.consecutive_failures:
@@ -440,6 +434,19 @@ class Drain:
         log.error("stream: Data Cloud refuses every record for the same reason (%s); delivery stopped, every row "
                   "stays in the outbox hint=%s", reason, MISMATCH_HINT)
         return RECHECK_SECONDS
+
+    async def _delivery_failed(self, lease: Lease, exc: DataCloudError) -> float:
+        """The rows of ``lease`` still leased go back with a delay: Retry-After, else the lane's backoff."""
+        if isinstance(exc, ThrottledError):
+            if self.pacer is not None:
+                self.pacer.on_throttle(exc.retry_after)
+            # Everyone throttled in the same second hears the same Retry-After: spread the retries
+            # over one more such period instead of returning as one wave.
+            delay = (exc.retry_after * (1 + self._rng.random()) if exc.retry_after is not None
+                     else self._stream_backoff.next_delay())
+            return await self._retry_later(lease, f"throttled (429): {exc}", delay)
+        delay = self._stream_backoff.next_delay()
+        return await self._retry_later(lease, f"{type(exc).__name__}: {exc}", delay)
 
     async def _retry_later(self, lease: Lease, error: str, delay: float) -> float:
         retry_at = self.now_ms() + int(delay * 1000)

@@ -154,9 +154,9 @@ class _GatedSink:
         self._gate = gate
         self.max_lease_bytes = getattr(inner, "max_lease_bytes", 0)
 
-    async def deliver(self, rows: list[tuple[str, bytes]]) -> object:
+    async def deliver(self, rows: list[tuple[str, bytes]], *, pace: Any = None) -> object:
         await self._gate.wait()
-        return await self._inner.deliver(rows)
+        return await self._inner.deliver(rows, pace=pace)
 
     async def run_job(self, lease: Lease) -> str:
         await self._gate.wait()

@@ -55,6 +55,16 @@ def split(payloads: Sequence[bytes], max_body_bytes: int) -> list[list[int]]:
     return bodies
 
 
+@dataclass(slots=True)
+class _Progress:
+    """What one ``deliver`` has settled so far."""
+
+    pace: Callable[[], Awaitable[None]] | None = None
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    sends: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
     """Outcome of ``deliver``: ids Data Cloud accepted (202) and ids it refused, with its reason."""
@@ -62,6 +72,9 @@ class DeliveryResult:
     accepted_ids: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     requests: int = 0           # bodies it took, bisection included
+    # Set when a request failed after others had been answered (a 429 midway through a bisection):
+    # the ids above are settled, the other rows were not delivered and go back to the queue.
+    error: DataCloudError | None = None
 
 
 class Backoff:
@@ -176,39 +189,53 @@ class StreamingClient:
             _check_accepted("delete", await self._call(
                 "DELETE", f"{self._path}?ids={quote(','.join(chunk), safe=',')}", None, "delete"))
 
-    async def deliver(self, rows: Sequence[tuple[str, bytes]]) -> DeliveryResult:
-        """Send ``(event_id, payload)`` rows; bisect refused bodies down to the bad records."""
-        accepted: list[str] = []
-        rejected: dict[str, str] = {}
-        sends = 0
-        payloads = list(map(_PAYLOAD, rows))
-        body = streaming_body(payloads)
-        if len(body) <= self.max_body_bytes:
-            # One body (a lease is cut to a body's bytes): no per-record split (measured: a quarter of
-            # the client's CPU per record against a null sink, bench/drain.py), built once.
-            sends = await self._deliver_part(rows, accepted, rejected, body)
-            return DeliveryResult(accepted, rejected, sends)
-        for indices in split(payloads, self.max_body_bytes):
-            sends += await self._deliver_part([rows[i] for i in indices], accepted, rejected)
-        return DeliveryResult(accepted, rejected, sends)
+    async def deliver(self, rows: Sequence[tuple[str, bytes]], *,
+                      pace: Callable[[], Awaitable[None]] | None = None) -> DeliveryResult:
+        """Send ``(event_id, payload)`` rows; bisect refused bodies down to the bad records.
 
-    async def _deliver_part(self, rows: Sequence[tuple[str, bytes]], accepted: list[str],
-                            rejected: dict[str, str], body: bytes | None = None) -> int:
-        """Send ``rows`` as one body (``body`` if already built), bisecting on refusal; the bodies sent."""
+        The first request is the caller's to pace (the drain waits before it leases); each one
+        after it, another body or a bisection's half, awaits ``pace()`` first: they count against
+        the org's requests like any other. A failure before any answer raises; one after (a 429
+        midway through a bisection) returns what was settled so far with ``error`` set, so the
+        accepted halves and the isolated bad records are not sent and bisected all over again.
+        """
+        done = _Progress(pace=pace)
+        payloads = list(map(_PAYLOAD, rows))
+        try:
+            body = streaming_body(payloads)
+            if len(body) <= self.max_body_bytes:
+                # One body (a lease is cut to a body's bytes): no per-record split (measured: a quarter
+                # of the client's CPU per record against a null sink, bench/drain.py), built once.
+                await self._deliver_part(rows, done, body)
+            else:
+                for indices in split(payloads, self.max_body_bytes):
+                    await self._deliver_part([rows[i] for i in indices], done)
+        except DataCloudError as exc:
+            if not done.accepted and not done.rejected:
+                raise
+            return DeliveryResult(done.accepted, done.rejected, done.sends, error=exc)
+        return DeliveryResult(done.accepted, done.rejected, done.sends)
+
+    async def _deliver_part(self, rows: Sequence[tuple[str, bytes]], done: _Progress,
+                            body: bytes | None = None) -> None:
+        """Send ``rows`` as one body (``body`` if already built), bisecting on refusal."""
+        if done.sends and done.pace is not None:
+            await done.pace()
+        done.sends += 1
         try:
             await self._post(body if body is not None else streaming_body(list(map(_PAYLOAD, rows))))
         except RejectedError as exc:
             if len(rows) == 1:
                 reason = _reason(exc)
                 log.warning("record rejected event_id=%s reason=%s", rows[0][0], reason)
-                rejected[rows[0][0]] = reason
-                return 1
+                done.rejected[rows[0][0]] = reason
+                return
             # The halves go separately: only the half holding a bad record is refused again.
             mid = len(rows) // 2
-            return (1 + await self._deliver_part(rows[:mid], accepted, rejected)
-                    + await self._deliver_part(rows[mid:], accepted, rejected))
-        accepted.extend(map(_EVENT_ID, rows))
-        return 1
+            await self._deliver_part(rows[:mid], done)
+            await self._deliver_part(rows[mid:], done)
+            return
+        done.accepted.extend(map(_EVENT_ID, rows))
 
     async def _call(self, method: str, path: str, body: bytes | None, what: str) -> Answer:
         for attempt in (1, 2):

@@ -128,8 +128,10 @@ _ACK_KEEP_MAX: Final = 1000
 
 
 def _union(stored: bytes, later: bytes) -> bytes | None:
-    """Two copies of one record as one: every field of either, the later copy's where both have one.
+    """Two copies of one record as one: the stored copy, with the fields only the later one has.
 
+    A value the stored copy has is kept: a cycle re-emitted fuller repeats it anyway, and a copy
+    assembled again from redelivered messages after a restart may have mixed in another cycle's.
     None when either is not a JSON object (not a record this agent wrote: leave the row alone).
     """
     try:
@@ -138,7 +140,10 @@ def _union(stored: bytes, later: bytes) -> bytes | None:
         return None
     if not isinstance(a, dict) or not isinstance(b, dict):
         return None
-    a.update((k, v) for k, v in b.items() if v is not None)
+    added = {k: v for k, v in b.items() if v is not None and a.get(k) is None}
+    if not added:
+        return None
+    a.update(added)
     return encode_json(a)
 
 
@@ -826,7 +831,7 @@ class Outbox:
         topic-per-field feed re-emits a cycle that an idle flush cut short, with the fields that came
         later and the same time (sources/profiles/_base.py, Assembler): the queued row must get them,
         or they are lost while it waits for the next flush. The row becomes the union of both copies
-        (a field null in one is taken from the other; the later copy wins where both have one), as a
+        (the stored one, with the fields only the later one has: see ``_union``), as a
         new row at the end of the queue: a row in flight keeps its lease and its ack, and the union
         is sent after it (Data Cloud upserts by event id).
         """
@@ -838,7 +843,7 @@ class Outbox:
                 continue
             seq, stored, size, leased = row
             merged = _union(stored, r.payload)
-            if merged is None or merged == stored:
+            if merged is None:
                 continue
             conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
             conn.execute("INSERT INTO events (event_id, bytes, enqueued_ms, time_ms, payload, object) "

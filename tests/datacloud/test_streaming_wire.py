@@ -35,6 +35,27 @@ async def test_bisection_isolates_two_bad_records(emu: Emulator, clients: Client
     assert result.requests < 60  # bisection, not one request per record
 
 
+async def test_a_429_midway_through_a_bisection_keeps_what_was_settled(emu: Emulator, clients: Clients) -> None:
+    # 8 rows, the first bad: [0-7] 400, [0-3] 400, [0-1] 400, [0] 400 (rejected), [1] 202, [2-3] 202,
+    # then [4-7] is throttled. The settled part is returned with the error, for the drain to ack and
+    # dead-letter; only rows 4-7 go back. Every request after the first waits for the caller's pace.
+    rows = make_rows(8, bad=frozenset({0}))
+    paced = 0
+
+    async def pace() -> None:
+        nonlocal paced
+        paced += 1
+        if paced == 6:
+            emu.set_faults(Faults(status_rates={429: 1.0}, retry_after_seconds=2.0))
+    result = await clients.streaming.deliver(rows, pace=pace)
+    assert isinstance(result.error, ThrottledError) and result.error.retry_after == 2.0
+    assert set(result.rejected) == {rows[0][0]}
+    assert sorted(result.accepted_ids) == sorted(k for k, _ in rows[1:4])
+    assert result.requests == 7 and paced == 6
+    await emu.wait_landed(3, timeout=5)
+    assert emu.store.keys() == set(result.accepted_ids)
+
+
 async def test_413_is_split_not_lost(emu: Emulator, key_files: tuple[Path, bytes],
                                      session: aiohttp.ClientSession) -> None:
     c = Clients(emu, key_files[0], session)

@@ -39,6 +39,9 @@ async def _no_jobs(outbox: Outbox) -> bool:
     return await outbox.jobs() == []
 
 
+SEED_429 = 3   # a sequence of 429s that lands one midway through the bisection
+
+
 @dataclass
 class Rig:
     emu: Emulator
@@ -118,6 +121,24 @@ async def test_rejected_records_go_to_dead_letters_and_the_rest_lands(make_rig) 
         assert {d.event_id for d in letters} == {b.event_id for b in bad}
         assert all(d.reason for d in letters)
         assert rig.emu.store.keys() == {r.event_id for r in good}
+
+
+async def test_a_throttled_bisection_sends_no_accepted_record_twice(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """A bad record among good ones while the org throttles: whatever a bisection settled before a
+    429 stays settled (acked, or dead-lettered), so no accepted record is sent again and the bad one
+    is not bisected out again from the start (amplified requests at the org's limit)."""
+    async with make_rig(drain_config(flush_interval_seconds=0.2)) as rig:
+        rig.emu.set_faults(Faults(status_rates={429: 0.15}, seed=SEED_429))
+        good = records(64)
+        bad = [EncodedRecord(r.event_id, r.payload.replace(b'"ac_power_w":', b'"ac_power_w":"x",'
+                             b'"ignored":', 1), r.time_ms) for r in records(1, device="inv-bad")]
+        await rig.append(good[:10] + bad + good[10:])
+        await rig.emu.wait_landed(64, timeout=20)
+        await until(lambda: _empty(rig.outbox))
+        assert (await rig.outbox.stats()).dead_letters == 1
+        writes = rig.emu.store.write_counts()
+        assert [writes[r.event_id] for r in good] == [1] * 64
+        assert rig.emu.stats.injected > 0
 
 
 async def test_bulk_waits_for_a_backlog_worth_it(make_rig) -> None:  # type: ignore[no-untyped-def]

@@ -70,6 +70,11 @@ async def test_a_fuller_copy_completes_the_queued_row(outbox: Outbox) -> None:
     assert _fields((await outbox.peek())[0].payload) == _fields(whole.payload)
     st = await outbox.stats()
     assert (st.rows, st.bytes, st.leased) == (1, len(rows[0].payload), 0)
+    # A copy with another value for a field already stored (assembled again from redelivered
+    # messages, one of another cycle mixed in) changes none: only the field it alone has is added.
+    await outbox.append([_cycle(ac_power_w=999.0, battery_voltage_v=52.1)])
+    got = _fields((await outbox.peek())[0].payload)
+    assert (got["ac_power_w"], got["battery_soc_pct"], got["battery_voltage_v"]) == (1200.0, 81.0, 52.1)
 
 
 async def test_an_idle_flushed_cycle_and_its_rest_land_whole(outbox: Outbox) -> None:

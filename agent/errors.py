@@ -78,6 +78,11 @@ class DeviceProtocolError(SourceError):
     """The device answered with something unusable (CRC, Modbus exception, not SunSpec)."""
 
 
+class DeviceRefused(DeviceProtocolError):
+    """The device answered with a Modbus exception: it heard the request and refused it (unlike a
+    garbled answer, which may be anyone's noise)."""
+
+
 class PayloadError(SourceError):
     """An MQTT payload could not be decoded by its profile."""
 

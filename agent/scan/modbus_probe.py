@@ -31,7 +31,7 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
-from agent.errors import AgentError, DeviceProtocolError, DeviceTimeout, SourceError
+from agent.errors import AgentError, DeviceProtocolError, DeviceRefused, DeviceTimeout, SourceError
 from agent.scan.results import FoundUnit, LineSettings
 from agent.sources.sunspec import BASE_CANDIDATES, decode_model, device_id, discover
 
@@ -106,9 +106,10 @@ class Link:
         got = await self.probe(unit, address, count)
         if got.kind == "silent":
             raise DeviceTimeout(f"unit {unit}: no answer reading {address}+{count}")
+        if got.kind == "exception":
+            raise DeviceRefused(f"{got.detail} reading {address}+{count}")
         if got.kind != "data":
-            raise DeviceProtocolError(f"{got.detail} reading {address}+{count}" if got.kind == "exception"
-                                      else f"garbled answer reading {address}+{count}")
+            raise DeviceProtocolError(f"garbled answer reading {address}+{count}")
         return list(got.registers)
 
     async def first_answer(self, unit: int, bases: tuple[int, ...]) -> Probe:

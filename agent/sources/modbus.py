@@ -39,7 +39,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from agent.config import ModbusBusConfig, ModbusDeviceConfig
-from agent.errors import DeviceProtocolError, DeviceTimeout, SourceError
+from agent.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout, SourceError
 from agent.records import Reading
 from agent.sources import DeviceHealth, Emit, Reject
 from agent.sources.sunspec import (
@@ -111,7 +111,14 @@ class _NoAnswer(_PollError, DeviceTimeout):
 
 
 class _Refused(_PollError, DeviceProtocolError):
-    """The unit answered with a Modbus exception (``exception``) or garbage (``crc``)."""
+    """The unit answered with garbage (``crc``), or a Modbus exception (``exception``: _ExceptionReply)."""
+
+
+class _ExceptionReply(_Refused, DeviceRefused):
+    """The unit answered with a Modbus exception."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("exception", message)
 
 
 class _BusDown(_PollError):
@@ -250,7 +257,7 @@ class ModbusSource:
         if rr.isError():
             code = getattr(rr, "exception_code", None)
             name = _EXCEPTION_NAMES.get(code, "") if isinstance(code, int) else ""
-            raise _Refused("exception", f"unit {unit}: Modbus exception {code}{name} reading {address}+{count}")
+            raise _ExceptionReply(f"unit {unit}: Modbus exception {code}{name} reading {address}+{count}")
         regs = list(rr.registers)
         if len(regs) < count:
             raise _Refused("crc", f"unit {unit}: short response {len(regs)}/{count} registers")
@@ -287,6 +294,13 @@ class ModbusSource:
             log.info("sunspec chain quirk bus=%s unit=%d base=%d note=%s", self.config.name, unit, found.base,
                      found.note)
         chain = found.chain
+        if not any(m.model_id in SUPPORTED_MODELS and m.model_id != 1 for m in chain):
+            # Nothing to read each cycle: its polls would send no request and "succeed" with an empty
+            # reading, a row of nulls every interval whether the device is alive or not.
+            raise _PollError("not_sunspec", f"unit {unit}: its SunSpec models {[m.model_id for m in chain]} "
+                             f"hold no inverter values this agent reads "
+                             f"({', '.join(str(m) for m in sorted(SUPPORTED_MODELS - {1}))})",
+                             hint="check the unit id (a meter or a battery, not the inverter?)")
         common = decode_model(1, await self._read_block(unit, chain[0].address, chain[0].length))
         fallback = f"{self.config.name}-unit{unit}"
         u.device_id = u.config.name or device_id(common, fallback)

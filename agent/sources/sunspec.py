@@ -29,7 +29,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Final, TypeAlias
 
-from agent.errors import DeviceProtocolError, DeviceTimeout
+from agent.errors import DeviceProtocolError, DeviceRefused, DeviceTimeout
 
 __all__ = [
     "BASE_CANDIDATES", "END_MODEL_ID", "SUNS_MARKER", "SUPPORTED_MODELS", "Discovery", "GroupDef", "GroupValues",
@@ -468,7 +468,10 @@ async def discover(read: Reader, bases: Sequence[int]) -> Discovery:
         try:
             # ID and L read apart: some devices do not supply L for the end model.
             (mid,) = await read(addr, 1)
-        except DeviceProtocolError as exc:
+        except DeviceRefused as exc:
+            # Only a Modbus exception ends a chain: a garbled answer (RS-485 noise) is no answer at
+            # all, and taking it for the end cached a chain without the inverter model, whose polls
+            # then read nothing and "succeeded" for ever, dead device or not.
             if not chain:
                 raise
             note = f"chain ends at {addr} with an exception instead of 0xFFFF ({exc.message})"

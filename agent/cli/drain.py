@@ -16,10 +16,10 @@ EXIT_NOT_RUNNING = 3
 
 _DESCRIPTION = """\
 Ask the running agent (over its status socket) to deliver what waits in the outbox now, instead
-of at the next flush interval, and cancel any retry backoff. Readings just polled and still waiting
-for their group commit (outbox.commit_interval_ms) are committed first and go too. With --bulk, the old part of the
-backlog goes to a Data Cloud bulk job now as well (useful after an outage, when you do not want
-to wait for drain.bulk_after_seconds). The command waits for that delivery attempt (at most
+of at the next flush interval, and cancel any retry backoff. Readings just polled and still
+waiting for their group commit (outbox.commit_interval_ms) are committed first and go too. With
+--bulk, the old part of the backlog goes to a Data Cloud bulk job now as well (useful after an
+outage, when you do not want to wait for drain.bulk_after_seconds). The command waits for that delivery attempt (at most
 about 10 s, longer for --bulk) and prints what happened.
 
 Nothing is deleted: rows leave the outbox only when Data Cloud accepted them.

@@ -132,7 +132,8 @@ def _union(stored: bytes, later: bytes) -> bytes | None:
 
     A value the stored copy has is kept: a cycle re-emitted fuller repeats it anyway, and a copy
     assembled again from redelivered messages after a restart may have mixed in another cycle's.
-    None when either is not a JSON object (not a record this agent wrote: leave the row alone).
+    None when the later copy adds nothing, or when either is not a JSON object (not a record this
+    agent wrote: leave the row alone).
     """
     try:
         a, b = json.loads(stored), json.loads(later)

@@ -108,11 +108,16 @@ async def test_a_partial_batch_waits_for_the_interval(make_rig) -> None:  # type
         assert rig.drain.stream_state.requests_total == 2
 
 
+def bad_records(n: int) -> list[EncodedRecord]:
+    """Records the connector refuses on their own merit (a string power, an unknown key)."""
+    return [EncodedRecord(r.event_id, r.payload.replace(b'"ac_power_w":', b'"ac_power_w":"x","ignored":', 1),
+                          r.time_ms) for r in records(n, device="inv-bad")]
+
+
 async def test_rejected_records_go_to_dead_letters_and_the_rest_lands(make_rig) -> None:  # type: ignore[no-untyped-def]
     async with make_rig(drain_config()) as rig:
         good = records(40)
-        bad = [EncodedRecord(r.event_id, r.payload.replace(b'"ac_power_w":', b'"ac_power_w":"x",'
-                             b'"ignored":', 1), r.time_ms) for r in records(2, device="inv-bad")]
+        bad = bad_records(2)
         await rig.append(good[:20] + bad + good[20:])
         await rig.emu.wait_landed(40, timeout=10)
         await until(lambda: _empty(rig.outbox))
@@ -130,8 +135,7 @@ async def test_a_throttled_bisection_sends_no_accepted_record_twice(make_rig) ->
     async with make_rig(drain_config(flush_interval_seconds=0.2)) as rig:
         rig.emu.set_faults(Faults(status_rates={429: 0.15}, seed=SEED_429))
         good = records(64)
-        bad = [EncodedRecord(r.event_id, r.payload.replace(b'"ac_power_w":', b'"ac_power_w":"x",'
-                             b'"ignored":', 1), r.time_ms) for r in records(1, device="inv-bad")]
+        bad = bad_records(1)
         await rig.append(good[:10] + bad + good[10:])
         await rig.emu.wait_landed(64, timeout=20)
         await until(lambda: _empty(rig.outbox))

@@ -533,11 +533,19 @@ class Site:
         Once every device's last poll failed, its readings are all queued; ``drain --now``
         commits them (and sends them) at once.
         """
+        last: list[object] = []
+
         async def every_device_failing() -> bool:
             st = await agent.status()
             devices = [d for d in (st or {}).get("devices", []) if str(d.get("source")).startswith("modbus")]
+            last[:] = [(d.get("device"), d.get("state"), d.get("readings"), d.get("last_reading_age_s"))
+                       for d in devices] if st is not None else ["no status answer"]
             return st is not None and all(d.get("state") in ("backoff", "down") for d in devices)
-        await wait_for(every_device_failing, within, "every silenced device's last poll to fail", every=0.1)
+        try:
+            await wait_for(every_device_failing, within, "every silenced device's last poll to fail", every=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\ndevices (name, state, readings, last reading age): {last}\n"
+                                 f"{await self.diagnosis()}") from None
         await post_control(agent.status_socket, "/control/drain?bulk=0")
 
     async def diagnosis(self) -> str:

@@ -114,14 +114,21 @@ def bad_records(n: int) -> list[EncodedRecord]:
                           r.time_ms) for r in records(n, device="inv-bad")]
 
 
+async def _good_and_bad_delivered(rig: Rig, n_good: int, n_bad: int, *, at: int,
+                                  timeout: float = 10) -> tuple[list[EncodedRecord], list[EncodedRecord]]:
+    """Append good records with bad ones at ``at``; wait until the good landed and the outbox is empty
+    with the bad ones dead-lettered."""
+    good, bad = records(n_good), bad_records(n_bad)
+    await rig.append(good[:at] + bad + good[at:])
+    await rig.emu.wait_landed(n_good, timeout=timeout)
+    await until(lambda: _empty(rig.outbox))
+    assert (await rig.outbox.stats()).dead_letters == n_bad
+    return good, bad
+
+
 async def test_rejected_records_go_to_dead_letters_and_the_rest_lands(make_rig) -> None:  # type: ignore[no-untyped-def]
     async with make_rig(drain_config()) as rig:
-        good = records(40)
-        bad = bad_records(2)
-        await rig.append(good[:20] + bad + good[20:])
-        await rig.emu.wait_landed(40, timeout=10)
-        await until(lambda: _empty(rig.outbox))
-        assert (await rig.outbox.stats()).dead_letters == 2
+        good, bad = await _good_and_bad_delivered(rig, 40, 2, at=20)
         letters = await rig.outbox.dead_letters()
         assert {d.event_id for d in letters} == {b.event_id for b in bad}
         assert all(d.reason for d in letters)
@@ -134,12 +141,7 @@ async def test_a_throttled_bisection_sends_no_accepted_record_twice(make_rig) ->
     is not bisected out again from the start (amplified requests at the org's limit)."""
     async with make_rig(drain_config(flush_interval_seconds=0.2)) as rig:
         rig.emu.set_faults(Faults(status_rates={429: 0.15}, seed=SEED_429))
-        good = records(64)
-        bad = bad_records(1)
-        await rig.append(good[:10] + bad + good[10:])
-        await rig.emu.wait_landed(64, timeout=20)
-        await until(lambda: _empty(rig.outbox))
-        assert (await rig.outbox.stats()).dead_letters == 1
+        good, _ = await _good_and_bad_delivered(rig, 64, 1, at=10, timeout=20)
         writes = rig.emu.store.write_counts()
         assert [writes[r.event_id] for r in good] == [1] * 64
         assert rig.emu.stats.injected > 0

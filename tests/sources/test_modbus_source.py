@@ -14,6 +14,9 @@ from dataclasses import replace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pymodbus import FramerType
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.config import ModbusBusConfig, ModbusDeviceConfig
 from agent.records import Reading
@@ -23,6 +26,7 @@ from agent.sources import Source
 from agent.sources.modbus import ModbusSource, next_slot
 from agent.sources.sunspec import BASE_CANDIDATES
 from tests.peers.serial import pty_pair  # noqa: F401
+from tests.waiting import wait_for
 
 NOON = 1_700_006_400.0 + 12 * 3600
 INTERVAL, TIMEOUT = 0.05, 0.2
@@ -292,9 +296,7 @@ async def test_readings_polled_before_a_stop_midway_through_a_cycle_are_kept() -
         src = ModbusSource(bus("tcp", (1, 2), host="127.0.0.1", tcp_port=served.port))
         col = Collector()
         task = asyncio.create_task(src.run(col.emit))
-        async with asyncio.timeout(10):
-            while not sim.reads(2):
-                await asyncio.sleep(0.01)                   # polling a condition with a deadline
+        await wait_for(lambda: sim.reads(2) > 0, 10, "unit 2 asked (unit 1 already read)", every=0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -329,16 +331,21 @@ async def test_a_tcp_connection_where_nothing_answers_is_reopened() -> None:
 
 
 async def test_a_unit_with_no_model_to_read_is_refused_not_polled_empty() -> None:
-    # SunS, model 1 (66 registers), a model this agent does not read (201, a meter), the end: polls
-    # would send no request and emit an empty reading every interval, alive or not. The device (the
-    # registers the unit answers with) is played in memory; the source's own discovery is under test.
+    # SunS, model 1 (66 registers), a single-phase meter (model 201, L = 105: sunspec/models
+    # json/model_201.json), the end marker: a map with no inverter model this agent reads. Its polls
+    # would send no request and emit an empty reading every interval, alive or not; it must be
+    # refused with a reason instead. Served by pymodbus' own server on loopback.
     regs = [0x5375, 0x6E53, 1, 66, *([0x4100] * 66), 201, 105, *([0] * 105), 0xFFFF, 0]
-    src = ModbusSource(bus("tcp", (1,), host="127.0.0.1", tcp_port=9))
-
-    async def read(unit: int, address: int, count: int) -> list[int]:
-        return regs[address - 40000:address - 40000 + count]
-    src._read = read  # type: ignore[method-assign]
-    unit = src._units[0]
-    with pytest.raises(Exception, match="no inverter values") as info:
-        await src._poll(unit)
-    assert getattr(info.value, "kind", None) == "not_sunspec" and unit.chain is None
+    server = ModbusTcpServer([SimDevice(id=1, simdata=[SimData(40000, values=regs, datatype=DataType.REGISTERS)])],
+                             framer=FramerType.SOCKET, address=("127.0.0.1", 0))
+    await server.serve_forever(background=True)
+    try:
+        port = server.transport.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        src = ModbusSource(bus("tcp", (1,), host="127.0.0.1", tcp_port=port))
+        async with running(src) as col:
+            await wait_for(lambda: src.health()[0].errors["not_sunspec"] >= 2, 10, "the unit refused twice")
+    finally:
+        await server.shutdown()
+    assert not col.batches
+    h = src.health()[0]
+    assert h.state != "ok" and "201" in h.last_error and "no inverter values" in h.last_error

@@ -95,7 +95,8 @@ class SyncState:
 
 
 def rtc_set_the_clock(rtc_class: Path = RTC_CLASS) -> bool:
-    """Whether a hardware clock set the system time at boot (the kernel's ``hctosys`` of an RTC)."""
+    """Whether a hardware clock set the system time at boot: an RTC's ``hctosys`` is 1 "if the RTC
+    provided the system time at boot" (Linux Documentation/ABI/testing/sysfs-class-rtc)."""
     try:
         devices = list(rtc_class.iterdir())
     except OSError:

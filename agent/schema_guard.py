@@ -45,8 +45,10 @@ def reason_shape(reason: str) -> str:
     """A refusal's reason without the values it quotes: one schema problem, whatever each record holds.
 
     everit-json-schema's messages (the format of ``/actions/test``'s causingExceptions, [VAL]) quote
-    the value for a format problem, ``#/date_time: [2025-...] is not a valid date``: a connector whose
-    field has another type refuses every record with a reason of its own.
+    the value for a format problem, ``#/date_time: [2025-...] is not a valid date``
+    (everit-org/json-schema, core/.../internal/TemporalFormatValidator.java: ``"[%s] is not a valid
+    %s. Expected %s"``): a connector whose field has another format refuses every record with a
+    reason of its own.
     """
     return _QUOTED.sub("[]", reason)
 

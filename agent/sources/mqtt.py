@@ -67,8 +67,10 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_SECONDS: Final = 7 * 24 * 3600   # a week-long outage of the agent still gets its queue
 RECEIVE_MAXIMUM: Final = 100                     # unacked QoS 1 messages the broker may have in flight
 # Receive times of QoS 1 messages not acked yet, kept across reconnects: a message redelivered
-# after a dropped connection (DUP set) is decoded with the time it first came, so a reading stamped
-# with its receive time keeps its event id and the replay upserts instead of landing twice.
+# after a dropped connection (DUP set: "MUST be set to 1 ... when it attempts to re-deliver a PUBLISH
+# packet", MQTT 3.1.1 section 3.3.1.1, MQTT 5.0 section 3.3.1.1; mosquitto does, tests/sources/
+# test_mqtt_linger.py) is decoded with the time it first came, so a reading stamped with its receive
+# time keeps its event id and the replay upserts instead of landing twice.
 REDELIVERY_MEMORY: Final = 4 * RECEIVE_MAXIMUM
 # MQTT 3.1.1 has no receive maximum: the broker's own limit applies. mosquitto's max_inflight_messages
 # defaults to 20 (mosquitto.conf(5), "max_inflight_messages"); a broker allowing more only gets
